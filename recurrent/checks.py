@@ -1,0 +1,116 @@
+"""Trace-time checks of the layers' arguments; each failure names the argument, its shape
+and what was expected."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+
+
+class StackShape(NamedTuple):
+    """Sizes read off a stacked layer's params."""
+
+    num_layers: int
+    num_directions: int
+    input_size: int
+    hidden_size: int
+
+
+def _shape(x):
+    return getattr(x, "shape", None)
+
+
+def check_stack(fn: str, params, params_type: type, gates: int) -> StackShape:
+    """Checks that ``params`` is ``((cell_params,) * directions,) * layers`` of ``params_type``
+    with consistent shapes, and returns the sizes read off them."""
+    if not isinstance(params, (tuple, list)) or not params or not all(
+            isinstance(layer, (tuple, list)) for layer in params):
+        raise TypeError(f"{fn}: params must be a tuple of layers, each a tuple of "
+                        f"{params_type.__name__} per direction (as made by init_{fn}); "
+                        f"got {type(params).__name__}")
+    num_dirs = len(params[0])
+    if num_dirs not in (1, 2):
+        raise ValueError(f"{fn}: params[0] has {num_dirs} directions; expected 1 or 2")
+    for l, layer in enumerate(params):
+        if len(layer) != num_dirs:
+            raise ValueError(f"{fn}: params[{l}] has {len(layer)} directions but params[0] "
+                             f"has {num_dirs}")
+        for d, p in enumerate(layer):
+            if type(p) is not params_type:
+                raise TypeError(f"{fn}: params[{l}][{d}] is {type(p).__name__}; expected "
+                                f"{params_type.__name__} (use init_{fn} or "
+                                f"interop.{fn}_from_torch)")
+    w_ih, w_hh = _shape(params[0][0].w_ih), _shape(params[0][0].w_hh)
+    if w_ih is None or len(w_ih) != 2 or w_hh is None or len(w_hh) != 2:
+        raise ValueError(f"{fn}: params[0][0].w_ih and .w_hh must be matrices; got shapes "
+                         f"{w_ih} and {w_hh}")
+    input_size, hidden = w_ih[1], w_hh[1]
+    rows = gates * hidden
+    for l, layer in enumerate(params):
+        want = {"w_ih": (rows, input_size if l == 0 else num_dirs * hidden),
+                "w_hh": (rows, hidden), "b_ih": (rows,), "b_hh": (rows,)}
+        for d, p in enumerate(layer):
+            for name, shape in want.items():
+                got = _shape(getattr(p, name))
+                if getattr(p, name) is not None and (got is None or tuple(got) != shape):
+                    raise ValueError(f"{fn}: params[{l}][{d}].{name} has shape {got}; "
+                                     f"expected {shape}")
+    return StackShape(len(params), num_dirs, input_size, hidden)
+
+
+def check_input(fn: str, x, sizes: StackShape, batch_first: bool) -> tuple[int, int]:
+    """Checks ``x`` and returns ``(batch, time)``."""
+    layout = "(batch, time, features)" if batch_first else "(time, batch, features)"
+    shape = _shape(x)
+    if shape is None:
+        raise TypeError(f"{fn}: x must be an array of shape {layout}; got {type(x).__name__}")
+    if len(shape) != 3:
+        raise ValueError(f"{fn}: x must have shape {layout}; got shape {tuple(shape)} "
+                         f"(rank {len(shape)}). Use jax.vmap for extra batch axes.")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{fn}: x must be a float array; got dtype {x.dtype}")
+    if shape[2] != sizes.input_size:
+        raise ValueError(f"{fn}: x has {shape[2]} features (shape {tuple(shape)}) but the "
+                         f"params expect input_size={sizes.input_size}")
+    return (shape[0], shape[1]) if batch_first else (shape[1], shape[0])
+
+
+def check_seq_lengths(fn: str, seq_lengths, batch: int) -> None:
+    """``seq_lengths`` must be ``None`` or an integer array of shape ``(batch,)``."""
+    if seq_lengths is None:
+        return
+    shape = _shape(seq_lengths)
+    if shape is None:
+        raise TypeError(f"{fn}: seq_lengths must be an integer array of shape ({batch},); "
+                        f"got {type(seq_lengths).__name__}")
+    if tuple(shape) != (batch,):
+        raise ValueError(f"{fn}: seq_lengths has shape {tuple(shape)}; expected ({batch},), "
+                         f"one length per sequence")
+    if not jnp.issubdtype(seq_lengths.dtype, jnp.integer):
+        raise TypeError(f"{fn}: seq_lengths must have an integer dtype; got "
+                        f"{seq_lengths.dtype}")
+
+
+def check_state(fn: str, name: str, state, shape: tuple) -> None:
+    """One array of the initial state must have exactly ``shape``."""
+    got = _shape(state)
+    if got is None or tuple(got) != shape:
+        shown = tuple(got) if got is not None else type(state).__name__
+        raise ValueError(f"{fn}: {name} has shape {shown}; expected {shape} "
+                         f"(num_layers * num_directions, batch, hidden_size)")
+
+
+def check_dropout(fn: str, dropout: float, key) -> None:
+    """``dropout`` must be in ``[0, 1)`` and come with a ``key`` when positive."""
+    if not isinstance(dropout, (int, float, np.floating)) or not 0 <= dropout < 1:
+        raise ValueError(f"{fn}: dropout must be a number in [0, 1); got {dropout!r}")
+    if dropout > 0 and key is None:
+        raise ValueError(f"{fn}: dropout={dropout} needs a PRNG key: pass key=...")
+
+
+def check_size(fn: str, name: str, value) -> None:
+    """A size argument must be a positive int."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{fn}: {name} must be a positive int; got {value!r}")

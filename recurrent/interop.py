@@ -1,0 +1,127 @@
+"""Weights to and from torch's ``nn.LSTM``, ``nn.GRU`` and ``nn.RNN``.
+
+The cells keep torch's layout and gate order, so a conversion only renames:
+``weight_ih_l{k}[_reverse] -> params[k][d].w_ih`` and likewise ``weight_hh``, ``bias_ih``,
+``bias_hh``. torch is needed only by the ``*_to_torch`` functions.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import jax.numpy as jnp
+import numpy as np
+
+from recurrent import checks
+from recurrent.cells import GRUParams, LSTMParams, RNNParams
+
+_FIELDS = {"weight_ih": "w_ih", "weight_hh": "w_hh", "bias_ih": "b_ih", "bias_hh": "b_hh"}
+_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)(_reverse)?$")
+
+
+def _torch_key(name: str, layer: int, direction: int) -> str:
+    return f"{name}_l{layer}{'_reverse' if direction else ''}"
+
+
+def _as_numpy_dict(fn: str, source) -> dict[str, np.ndarray]:
+    """A module's or a state dict's tensors (torch or NumPy) as NumPy arrays."""
+    if callable(getattr(source, "state_dict", None)):
+        source = source.state_dict()
+    if not isinstance(source, Mapping):
+        raise TypeError(f"{fn}: expected a torch module or a state dict; got "
+                        f"{type(source).__name__}")
+    out = {}
+    for k, v in source.items():
+        if hasattr(v, "detach"):  # a torch tensor
+            v = v.detach().cpu().numpy()
+        out[k] = np.asarray(v)
+    return out
+
+
+def _from_torch(fn: str, source, params_type: type, gates: int):
+    state = _as_numpy_dict(fn, source)
+    if any(k.startswith("weight_hr") for k in state):
+        raise ValueError(f"{fn}: the state dict has weight_hr_* keys (proj_size > 0), "
+                         f"which this version does not support")
+    layer_ids = [int(m.group(2)) for k in state if (m := _KEY.match(k))]
+    if not layer_ids:
+        raise ValueError(f"{fn}: no weight_ih_l0 / weight_hh_l0 keys in the state dict; "
+                         f"got keys {sorted(state)}")
+    num_layers = max(layer_ids) + 1
+    num_dirs = 2 if "weight_ih_l0_reverse" in state else 1
+    names = list(_FIELDS) if "bias_ih_l0" in state else ["weight_ih", "weight_hh"]
+    expected = {_torch_key(n, l, d) for l in range(num_layers) for d in range(num_dirs)
+                for n in names}
+    missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or extra:
+        raise ValueError(f"{fn}: state dict does not match a {num_layers}-layer "
+                         f"{'bidirectional ' if num_dirs == 2 else ''}{fn.split('_')[0]}: "
+                         f"missing keys {missing}, unexpected keys {extra}")
+    w_hh = state["weight_hh_l0"]
+    if w_hh.ndim != 2 or w_hh.shape[0] != gates * w_hh.shape[1]:
+        raise ValueError(f"{fn}: weight_hh_l0 has shape {w_hh.shape}; expected "
+                         f"({gates} * hidden_size, hidden_size) for {gates} gate blocks "
+                         f"(LSTM has 4, GRU 3, RNN 1)")
+
+    def get(name, l, d):
+        key = _torch_key(name, l, d)
+        return jnp.asarray(state[key]) if key in state else None
+
+    params = tuple(
+        tuple(params_type(*(get(name, l, d) for name in _FIELDS)) for d in range(num_dirs))
+        for l in range(num_layers))
+    checks.check_stack(fn, params, params_type, gates)
+    return params
+
+
+def _to_torch(fn: str, params, params_type: type, gates: int) -> dict:
+    checks.check_stack(fn, params, params_type, gates)
+    try:
+        import torch
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(f"{fn} needs torch: pip install torch") from e
+    state = {}
+    for l, layer in enumerate(params):
+        for d, p in enumerate(layer):
+            for name, field in _FIELDS.items():
+                value = getattr(p, field)
+                if value is not None:
+                    state[_torch_key(name, l, d)] = torch.from_numpy(np.array(value))
+    return state
+
+
+def lstm_from_torch(source) -> tuple:
+    """Params for :func:`recurrent.lstm` from a ``torch.nn.LSTM`` or its state dict.
+
+    ``source`` may hold torch tensors or NumPy arrays; the number of layers, the
+    directions and whether there are biases are read from its keys. Raises ``ValueError``
+    on missing or unexpected keys or on shapes that are not an LSTM's.
+    """
+    return _from_torch("lstm_from_torch", source, LSTMParams, 4)
+
+
+def gru_from_torch(source) -> tuple:
+    """Params for :func:`recurrent.gru` from a ``torch.nn.GRU`` or its state dict."""
+    return _from_torch("gru_from_torch", source, GRUParams, 3)
+
+
+def rnn_from_torch(source) -> tuple:
+    """Params for :func:`recurrent.rnn` from a ``torch.nn.RNN`` or its state dict."""
+    return _from_torch("rnn_from_torch", source, RNNParams, 1)
+
+
+def lstm_to_torch(params) -> dict:
+    """A ``torch.nn.LSTM`` state dict (``{name: torch.Tensor}``) from LSTM params, in
+    torch's key order; ``module.load_state_dict(lstm_to_torch(params))`` loads it."""
+    return _to_torch("lstm_to_torch", params, LSTMParams, 4)
+
+
+def gru_to_torch(params) -> dict:
+    """A ``torch.nn.GRU`` state dict from GRU params."""
+    return _to_torch("gru_to_torch", params, GRUParams, 3)
+
+
+def rnn_to_torch(params) -> dict:
+    """A ``torch.nn.RNN`` state dict from RNN params."""
+    return _to_torch("rnn_to_torch", params, RNNParams, 1)

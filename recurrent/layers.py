@@ -1,0 +1,205 @@
+"""Whole recurrent layers, stacked and bidirectional, with the semantics of torch's
+``nn.LSTM``, ``nn.GRU`` and ``nn.RNN`` (``batch_first=True`` by default).
+
+Params are ``((forward, backward?), ...)``: one tuple per layer holding one cell params
+NamedTuple per direction. Sizes are read off their shapes, so they pass unchanged through
+``jit``, ``grad``, ``vmap`` and optax.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from recurrent import checks
+from recurrent.cells import Cell, gru_cell, lstm_cell, rnn_cell
+from recurrent.unroll import carry_dtype, unroll
+
+
+def _init_stack(fn: str, cell: Cell, key, input_size, hidden_size, num_layers,
+                bidirectional):
+    """``num_layers`` x directions params of ``cell``; layer ``l > 0`` reads ``D * H`` features."""
+    for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
+                        ("num_layers", num_layers)):
+        checks.check_size(f"init_{fn}", name, value)
+    num_dirs = 2 if bidirectional else 1
+    keys = jax.random.split(key, num_layers * num_dirs)
+    return tuple(
+        tuple(cell.init(keys[l * num_dirs + d], input_size if l == 0 else num_dirs * hidden_size)
+              for d in range(num_dirs))
+        for l in range(num_layers))
+
+
+def _run_stack(fn: str, make_cell: Callable[[int], Cell], params, x, seq_lengths,
+               initial_state, dropout, key, batch_first, unroll_steps, dtype):
+    """Checks the arguments, then runs every layer and direction; returns ``(y, state)``."""
+    probe = make_cell(1)
+    sizes = checks.check_stack(fn, params, probe.params_type, probe.gates)
+    batch, _ = checks.check_input(fn, x, sizes, batch_first)
+    checks.check_seq_lengths(fn, seq_lengths, batch)
+    checks.check_dropout(fn, dropout, key)
+    num_dirs = sizes.num_directions
+    state_shape = (sizes.num_layers * num_dirs, batch, sizes.hidden_size)
+    cell = make_cell(sizes.hidden_size)
+    pair = isinstance(cell.initial_carry((1,), jnp.float32), tuple)
+    if initial_state is not None:
+        if pair:
+            if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 2:
+                raise TypeError(f"{fn}: initial_state must be a pair (h_0, c_0); got "
+                                f"{type(initial_state).__name__}")
+            checks.check_state(fn, "initial_state[0] (h_0)", initial_state[0], state_shape)
+            checks.check_state(fn, "initial_state[1] (c_0)", initial_state[1], state_shape)
+        else:
+            checks.check_state(fn, "initial_state", initial_state, state_shape)
+
+    out, finals = x, []
+    for l, layer in enumerate(params):
+        ys = []
+        for d, p in enumerate(layer):
+            carry = None
+            if initial_state is not None:
+                carry = jax.tree.map(lambda s: s[l * num_dirs + d].astype(carry_dtype(p)),
+                                     tuple(initial_state) if pair else initial_state)
+            carry, y = unroll(cell, p, out, carry, seq_lengths=seq_lengths, reverse=d == 1,
+                              unroll=unroll_steps, time_major=not batch_first)
+            finals.append(carry)
+            ys.append(y)
+        out = jnp.concatenate(ys, axis=-1)  # (batch, time, D*H)
+        if dropout > 0 and l < sizes.num_layers - 1:
+            key, sub = jax.random.split(key)
+            keep = jax.random.bernoulli(sub, 1 - dropout, out.shape)
+            out = jnp.where(keep, out / (1 - dropout), 0)
+    if dtype is not None:
+        out = out.astype(dtype)
+    state = jax.tree.map(lambda *c: jnp.stack(c), *finals)  # each (L*D, batch, H)
+    return out, state
+
+
+_LAYER_DOC = """
+    Args:
+      params: from ``init_{fn}`` or ``interop.{fn}_from_torch``.
+      x: ``(batch, time, input_size)``, or ``(time, batch, input_size)`` when
+        ``batch_first=False``.
+      seq_lengths: ``(batch,)`` integer valid lengths (right padding), like a packed
+        sequence in torch: outputs past a length are zero, the final state is the state at
+        the last valid step, and the backward direction starts at each sequence's own last
+        valid step. Clipped to ``[0, time]`` at run time. ``None``: all steps are valid.
+      initial_state: {state_in}; zeros when ``None``.
+      dropout: probability in ``[0, 1)`` of zeroing an output of every layer but the
+        last (as torch); needs ``key``. Pass 0 at inference.
+      key: PRNG key for dropout.
+      batch_first: whether ``x`` and ``y`` put batch first.
+      dtype: dtype of the matmuls (``jnp.bfloat16`` or ``None`` for the params' dtype);
+        they accumulate in float32, the state stays float32 and ``y`` is cast to ``dtype``.
+      unroll: scan steps per loop iteration (``jax.lax.scan``'s ``unroll``).
+
+    Returns:
+      ``(y, {state_out})``: ``y`` is ``(batch, time, num_directions * hidden_size)``
+      (``[forward, backward]`` on the last axis); {state_desc} ``(num_layers *
+      num_directions, batch, hidden_size)``, index ``layer * num_directions + direction``.
+"""
+
+
+def _document(fn_name: str, state_in: str, state_out: str, state_desc: str):
+    def wrap(f):
+        f.__doc__ += _LAYER_DOC.format(fn=fn_name, state_in=state_in, state_out=state_out,
+                                       state_desc=state_desc)
+        return f
+
+    return wrap
+
+
+def init_lstm(key, input_size: int, hidden_size: int, num_layers: int = 1,
+              bidirectional: bool = False, **cell_options):
+    """Params of a stacked (bidirectional) LSTM, initialised as ``torch.nn.LSTM``.
+
+    ``cell_options`` go to :func:`recurrent.cells.lstm_cell` (``bias``, ``forget_bias``,
+    ``kernel_init``, ``recurrent_init``, ``bias_init``, ``param_dtype``). Returns
+    ``((LSTMParams,) * num_directions,) * num_layers``; layer 0 reads ``input_size``
+    features, later layers ``num_directions * hidden_size``.
+    """
+    return _init_stack("lstm", lstm_cell(hidden_size, **cell_options), key, input_size,
+                       hidden_size, num_layers, bidirectional)
+
+
+def init_gru(key, input_size: int, hidden_size: int, num_layers: int = 1,
+             bidirectional: bool = False, **cell_options):
+    """Params of a stacked (bidirectional) GRU, initialised as ``torch.nn.GRU``.
+
+    ``cell_options`` go to :func:`recurrent.cells.gru_cell`. The params are the same for
+    both GRU forms; choose the form with ``gru(..., reset_after=...)``.
+    """
+    return _init_stack("gru", gru_cell(hidden_size, **cell_options), key, input_size,
+                       hidden_size, num_layers, bidirectional)
+
+
+def init_rnn(key, input_size: int, hidden_size: int, num_layers: int = 1,
+             bidirectional: bool = False, **cell_options):
+    """Params of a stacked (bidirectional) tanh/relu RNN, initialised as ``torch.nn.RNN``.
+
+    ``cell_options`` go to :func:`recurrent.cells.rnn_cell` (its ``nonlinearity`` does not
+    change the params; choose it with ``rnn(..., nonlinearity=...)``).
+    """
+    return _init_stack("rnn", rnn_cell(hidden_size, **cell_options), key, input_size,
+                       hidden_size, num_layers, bidirectional)
+
+
+@_document("lstm", "a pair ``(h_0, c_0)``, each ``(num_layers * num_directions, batch, "
+           "hidden_size)``", "(h_n, c_n)", "``h_n`` and ``c_n`` are each")
+def lstm(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, key=None,
+         batch_first: bool = True, *, dtype=None, unroll: int = 1):
+    """A stacked (bidirectional) LSTM over a batch of sequences, as ``torch.nn.LSTM``.
+
+    For one layer and direction, with ``x`` batch first::
+
+        h, c = initial_state
+        for t in range(time):
+            i, f, g, o = split(x[:, t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh, 4)
+            c = sigmoid(f) * c + sigmoid(i) * tanh(g)
+            h = sigmoid(o) * tanh(c)
+            y[:, t] = h
+    """
+    return _run_stack("lstm", lambda h: lstm_cell(h, dtype=dtype), params, x, seq_lengths,
+                      initial_state, dropout, key, batch_first, unroll, dtype)
+
+
+@_document("gru", "``h_0`` of shape ``(num_layers * num_directions, batch, hidden_size)``",
+           "h_n", "``h_n`` is")
+def gru(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, key=None,
+        batch_first: bool = True, *, reset_after: bool = True, dtype=None, unroll: int = 1):
+    """A stacked (bidirectional) GRU over a batch of sequences, as ``torch.nn.GRU``.
+
+    For one layer and direction (``reset_after=True``, torch's form; ``False`` applies the
+    reset gate before the recurrent matmul, as Cho et al. 2014)::
+
+        h = initial_state
+        for t in range(time):
+            xr, xz, xn = split(x[:, t] @ w_ih.T + b_ih, 3)
+            hr, hz, hn = split(h @ w_hh.T + b_hh, 3)
+            r, z = sigmoid(xr + hr), sigmoid(xz + hz)
+            n = tanh(xn + r * hn)
+            h = (1 - z) * n + z * h
+            y[:, t] = h
+    """
+    return _run_stack("gru", lambda h: gru_cell(h, reset_after=reset_after, dtype=dtype),
+                      params, x, seq_lengths, initial_state, dropout, key, batch_first,
+                      unroll, dtype)
+
+
+@_document("rnn", "``h_0`` of shape ``(num_layers * num_directions, batch, hidden_size)``",
+           "h_n", "``h_n`` is")
+def rnn(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, key=None,
+        batch_first: bool = True, *, nonlinearity: str = "tanh", dtype=None,
+        unroll: int = 1):
+    """A stacked (bidirectional) Elman RNN, as ``torch.nn.RNN``::
+
+        h = initial_state
+        for t in range(time):
+            h = tanh(x[:, t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh)   # or relu
+            y[:, t] = h
+    """
+    return _run_stack("rnn", lambda h: rnn_cell(h, nonlinearity=nonlinearity, dtype=dtype),
+                      params, x, seq_lengths, initial_state, dropout, key, batch_first,
+                      unroll, dtype)

@@ -1,0 +1,98 @@
+"""One direction of a recurrent cell over time, with ``jax.lax.scan``."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from recurrent.cells import Cell
+
+
+def carry_dtype(params):
+    """The carry's dtype: the params' float dtype, never below float32 (bf16 params carry in f32)."""
+    return jnp.promote_types(params.w_hh.dtype, jnp.float32)
+
+
+def reverse_index(seq_lengths: jax.Array, time: int) -> jax.Array:
+    """Time indices that reverse each sequence's valid part and leave its padding in place.
+
+    ``idx[t, b] = seq_lengths[b] - 1 - t`` for ``t < seq_lengths[b]``, else ``t``; shape
+    ``(time, batch)``. Applying it twice is the identity.
+    """
+    t = jnp.arange(time)[:, None]  # (time, 1)
+    return jnp.where(t < seq_lengths[None, :], seq_lengths[None, :] - 1 - t, t)
+
+
+def unroll(cell: Cell, params, xs: jax.Array, carry=None, *, seq_lengths=None,
+           reverse: bool = False, unroll: int = 1, time_major: bool = False,
+           return_activations: bool = False):
+    """Runs ``cell`` over the time axis of ``xs`` and returns ``(final_carry, ys)``.
+
+    The input half of every step is computed for the whole sequence in one matmul
+    (``cell.project``) before the scan; the scan body is ``cell.step``. Without
+    ``seq_lengths`` this computes::
+
+        xp = cell.project(params, xs)
+        for t in (reversed(range(T)) if reverse else range(T)):
+            carry, ys[t] = cell.step(params, carry, xp[t])
+
+    With ``seq_lengths`` (right padding), sequence ``b`` only runs its first
+    ``seq_lengths[b]`` steps: past them its carry is frozen and its outputs are zero, so
+    the final carry is the state at its last valid step; ``reverse`` runs each valid part
+    backwards from its own last valid step, as a packed sequence does in torch. Lengths
+    are clipped to ``[0, T]`` at run time.
+
+    Args:
+      cell: a :class:`recurrent.cells.Cell`.
+      params: the cell's params.
+      xs: ``(batch, time, input)``, or ``(time, batch, input)`` with ``time_major``.
+      carry: the initial carry (see ``cell.initial_carry``); zeros when ``None``.
+      seq_lengths: ``(batch,)`` integer valid lengths, or ``None`` for all ``time`` steps.
+      reverse: run from the last (valid) step to the first.
+      unroll: how many steps one scan iteration runs (``jax.lax.scan``'s ``unroll``).
+      time_major: whether ``xs`` and ``ys`` put time first.
+      return_activations: return, in place of ``ys``, the dict of every gate and state at
+        every step (``cell.activations``: for the LSTM ``i, f, g, o, c, h``), each shaped as
+        ``ys``. Zero past ``seq_lengths`` like ``ys``.
+
+    Returns:
+      ``(carry, ys)``: the final carry and ``ys`` of shape ``(batch, time, hidden)``, or
+      ``(time, batch, hidden)`` with ``time_major``; ``ys[b, t]`` is the output at input
+      position ``t`` whichever the direction.
+    """
+    if not time_major:
+        xs = jnp.swapaxes(xs, 0, 1)  # (batch, time, I) -> (time, batch, I)
+    time, batch = xs.shape[:2]
+    if carry is None:
+        carry = cell.initial_carry((batch,), carry_dtype(params))
+    xp = cell.project(params, xs)  # (time, batch, G*H)
+
+    def step(carry, xp_t):
+        new_carry, y_t = cell.step(params, carry, xp_t)
+        if return_activations:
+            y_t = cell.activations(params, carry, xp_t)
+        return new_carry, y_t
+
+    if seq_lengths is None:
+        carry, ys = jax.lax.scan(step, carry, xp, reverse=reverse, unroll=unroll)
+    else:
+        lengths = jnp.clip(seq_lengths, 0, time)
+        valid = jnp.arange(time)[:, None] < lengths[None, :]  # (time, batch)
+        if reverse:
+            idx = reverse_index(lengths, time)  # (time, batch)
+            xp = jnp.take_along_axis(xp, idx[:, :, None], axis=0)
+
+        def body(carry, inputs):
+            xp_t, valid_t = inputs  # (batch, G*H), (batch,)
+            new_carry, y_t = step(carry, xp_t)
+            keep = valid_t[:, None]  # (batch, 1)
+            new_carry = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new_carry, carry)
+            return new_carry, jax.tree.map(lambda y: jnp.where(keep, y, 0), y_t)
+
+        carry, ys = jax.lax.scan(body, carry, (xp, valid), unroll=unroll)
+        if reverse:
+            ys = jax.tree.map(lambda y: jnp.take_along_axis(y, idx[:, :, None], axis=0), ys)
+
+    if not time_major:
+        ys = jax.tree.map(lambda y: jnp.swapaxes(y, 0, 1), ys)  # (T, B, H) -> (B, T, H)
+    return carry, ys
