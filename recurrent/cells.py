@@ -21,7 +21,8 @@ RNN    --       ``h' = tanh(W_ih x + b_ih + W_hh h + b_hh)`` (or relu)
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -93,7 +94,7 @@ def uniform_init(scale: float) -> Initializer:
 
 
 def _matmul(x: Array, w: Array, dtype) -> Array:
-    """``x @ w.T`` over the last axis in ``dtype`` with float32 accumulation; ``(..., in) -> (..., out)``."""
+    """``x @ w.T`` in ``dtype`` with float32 accumulation: ``(..., in) -> (..., out)``."""
     if dtype is None:
         return jnp.einsum("...i,oi->...o", x, w)
     out = jnp.einsum("...i,oi->...o", x.astype(dtype), w.astype(dtype),
@@ -213,7 +214,8 @@ def gru_cell(hidden_size: int, *, reset_after: bool = True, bias: bool = True,
         n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
         h' = (1 - z) * n + z * h
 
-    and with ``reset_after=False`` (Cho et al. 2014) ``n = tanh(W_in x + b_in + W_hn (r*h) + b_hn)``.
+    and with ``reset_after=False`` (Cho et al. 2014)
+    ``n = tanh(W_in x + b_in + W_hn (r*h) + b_hn)``.
     The params have the same shapes in both forms. Arguments as in :func:`lstm_cell`.
     """
     H = hidden_size
@@ -223,7 +225,7 @@ def gru_cell(hidden_size: int, *, reset_after: bool = True, bias: bool = True,
     def project(params, x):
         xp = _project(params, x, dtype, fold_b_hh=not reset_after)
         if reset_after and params.b_hh is not None:  # b_hn stays inside r * (...)
-            xp = xp + params.b_hh.at[2 * H:].set(0)
+            xp = xp + jnp.asarray(params.b_hh).at[2 * H:].set(0)
         return xp
 
     def activations(params, carry, xp_t):

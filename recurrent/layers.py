@@ -8,7 +8,7 @@ NamedTuple per direction. Sizes are read off their shapes, so they pass unchange
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -9,7 +9,7 @@ from recurrent.cells import Cell
 
 
 def carry_dtype(params):
-    """The carry's dtype: the params' float dtype, never below float32 (bf16 params carry in f32)."""
+    """The carry's dtype: the params' float dtype, never below float32 (bf16 carries f32)."""
     return jnp.promote_types(params.w_hh.dtype, jnp.float32)
 
 
