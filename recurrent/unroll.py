@@ -10,7 +10,7 @@ from recurrent.cells import Cell
 
 def carry_dtype(params):
     """The carry's dtype: the params' float dtype, never below float32 (bf16 carries f32)."""
-    return jnp.promote_types(params.w_hh.dtype, jnp.float32)
+    return jnp.promote_types(params.w_ih.dtype, jnp.float32)
 
 
 def reverse_index(seq_lengths: jax.Array, time: int) -> jax.Array:
