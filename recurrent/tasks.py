@@ -1,0 +1,219 @@
+"""The tasks of ``python -m recurrent train``, one function each.
+
+A task reads its data from :mod:`recurrent.data`, trains with :func:`recurrent.train.fit`
+and returns a :class:`Result`: the trained params, the loss per step, the plots it drew
+and the lines to print, the last of which is its test metric. ``args`` is the parsed
+command line (see ``python -m recurrent train --help``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from recurrent import data, train
+
+
+class Result(NamedTuple):
+    """A trained task: ``params``, ``losses (steps,)``, the PNGs it wrote, and its report."""
+
+    params: dict
+    losses: np.ndarray
+    plots: list[Path]
+    lines: list[str]
+
+
+class Task(NamedTuple):
+    """A task and its defaults for the options the user leaves out."""
+
+    run: Callable[..., Result]
+    help: str
+    hidden: int
+    epochs: int
+    batch_size: int
+    lr: float
+    length: int | None
+
+
+def _steps(args, train_size: int) -> int:
+    """``--steps``, or ``--epochs`` passes over ``train_size`` examples."""
+    return args.steps or args.epochs * max(1, train_size // args.batch_size)
+
+
+def _desc(args) -> str:
+    bi = "bidirectional " if args.bidirectional else ""
+    return f"{bi}{args.model} x{args.layers} on {args.dataset}"
+
+
+def digits(args, out: Path) -> Result:
+    """Classifies scikit-learn's 8x8 digits read row by row (8 steps of 8 pixels)."""
+    split = data.digits(seed=args.seed)
+    params = train.init_network(jax.random.PRNGKey(args.seed), args.model, 8, args.hidden,
+                                args.layers, args.bidirectional, out_features=10)
+
+    def logits(params, x):  # (batch, 8, 8) -> (batch, 10)
+        return train.head(params, train.encode(args.model, params, x)[1])
+
+    def loss(params, x, y):
+        return optax.softmax_cross_entropy_with_integer_labels(logits(params, x), y).mean()
+
+    batches = train.shuffled(np.random.default_rng(args.seed), args.batch_size,
+                             split.x_train, split.y_train)
+    params, losses = train.fit(loss, params, batches, _steps(args, len(split.x_train)),
+                               args.lr, _desc(args))
+    predicted = jnp.argmax(jax.jit(logits)(params, split.x_test), axis=-1)
+    accuracy = float(jnp.mean(predicted == split.y_test))
+    return Result(params, losses, [], [f"test accuracy: {accuracy:.3f}"])
+
+
+def co2(args, out: Path) -> Result:
+    """Forecasts next month's Mauna Loa CO2 from the ``--length`` months before it; the
+    last fifth of the record (1993-2001) is the test set.
+
+    The network sees each window relative to its last value, in units of the typical
+    monthly change, and predicts the change to the next month, so it never has to
+    extrapolate the rising level itself.
+    """
+    series = data.co2()
+    values, years = series.values, series.years
+    n_test = len(values) // 5
+    x, y = data.windows(values, args.length)  # (n, length), (n,)
+    last = x[:, -1:]  # (n, 1)
+    scale = float(np.std(np.diff(values[:-n_test])))
+    inputs = ((x - last) / scale)[..., None]  # (n, length, 1)
+    targets = (y - last[:, 0]) / scale  # (n,)
+    train_x, test_x = inputs[:-n_test], inputs[-n_test:]
+    train_y = targets[:-n_test]
+
+    params = train.init_network(jax.random.PRNGKey(args.seed), args.model, 1, args.hidden,
+                                args.layers, args.bidirectional, out_features=1)
+
+    def predict(params, x):  # (batch, length, 1) -> (batch,)
+        return train.head(params, train.encode(args.model, params, x)[1])[:, 0]
+
+    def loss(params, x, y):
+        return jnp.mean((predict(params, x) - y) ** 2)
+
+    batches = train.shuffled(np.random.default_rng(args.seed), args.batch_size, train_x,
+                             train_y)
+    params, losses = train.fit(loss, params, batches, _steps(args, len(train_x)), args.lr,
+                               _desc(args))
+    forecast = last[-n_test:, 0] + scale * np.asarray(jax.jit(predict)(params, test_x))
+    truth = y[-n_test:]
+    mse = float(np.mean((forecast - truth) ** 2))
+    persistence = float(np.mean((last[-n_test:, 0] - truth) ** 2))
+
+    fig, ax = train.figure(figsize=(9, 4))
+    shown = slice(len(values) - 3 * n_test, None)
+    ax.plot(years[shown], values[shown], color="black", lw=1, label="measured")
+    ax.plot(years[-n_test:], forecast, color="tab:red", lw=1.2,
+            label=f"{args.model} one month ahead (test mse {mse:.3f})")
+    ax.axvline(years[-n_test], color="gray", ls="--", lw=0.8)
+    ax.set(xlabel="year", ylabel="CO2 (ppm)", title="Mauna Loa CO2: forecast on the test years")
+    ax.legend()
+    plot = train.save_figure(fig, out / "forecast.png")
+    return Result(params, losses, [plot], [
+        f"repeating the last month: test mse {persistence:.3f} ppm^2",
+        f"test mse: {mse:.3f} ppm^2"])
+
+
+def pysource(args, out: Path) -> Result:
+    """A character-level language model of the standard library's source: trained on
+    ``--length``-character windows of the first 90% of the text, scored in bits per
+    character on the rest, and sampled from."""
+    codes = data.python_source(max_chars=1_000_000)
+    split = len(codes) * 9 // 10
+    train_codes, test_codes = codes[:split], codes[split:]
+    length, embed = args.length, 32
+    params = train.init_network(jax.random.PRNGKey(args.seed), args.model, embed, args.hidden,
+                                args.layers, False, out_features=data.VOCAB, vocab=data.VOCAB)
+
+    def logits(params, x):  # (batch, time) codes -> (batch, time, VOCAB)
+        return train.head(params, train.encode(args.model, params, x)[0])
+
+    def loss(params, chunk):  # chunk (batch, length + 1)
+        return optax.softmax_cross_entropy_with_integer_labels(
+            logits(params, chunk[:, :-1]), chunk[:, 1:]).mean()
+
+    def batches(rng):
+        offsets = np.arange(length + 1)
+        while True:
+            starts = rng.integers(0, len(train_codes) - length - 1, args.batch_size)
+            yield (train_codes[starts[:, None] + offsets].astype(np.int32),)
+
+    steps = _steps(args, len(train_codes) // length)
+    params, losses = train.fit(loss, params, batches(np.random.default_rng(args.seed)), steps,
+                               args.lr, _desc(args))
+    n_chunks = min(len(test_codes) // (length + 1), 256)
+    chunks = test_codes[:n_chunks * (length + 1)].reshape(n_chunks, length + 1)
+    bits = float(jax.jit(loss)(params, chunks.astype(np.int32))) / math.log(2)
+    sample = generate(args.model, params, "def ", 300, jax.random.PRNGKey(args.seed))
+    return Result(params, losses, [], [
+        "sample:", sample, "-" * 40,
+        f"test bits per character: {bits:.3f} (uniform over printable ASCII: 6.6)"])
+
+
+def generate(kind: str, params: dict, prompt: str, chars: int, key,
+             temperature: float = 0.7) -> str:
+    """Continues ``prompt`` by ``chars`` characters sampled one at a time from a
+    :func:`pysource`-style network, carrying the layer's state from step to step."""
+    apply = train.LAYERS[kind][1]
+
+    @jax.jit
+    def step(state, codes, key):  # codes (1, time) -> next code (1,), new state
+        ys, state = apply(params["rnn"], params["embed"][codes], initial_state=state)
+        logits = train.head(params, ys[:, -1]) / temperature  # (1, VOCAB)
+        return state, jax.random.categorical(key, logits)
+
+    prompt_codes = np.frombuffer(prompt.encode("ascii"), np.uint8).astype(np.int32)[None]
+    state, code = step(None, prompt_codes, key)
+    out = [int(code[0])]
+    for k in jax.random.split(key, chars - 1):
+        state, code = step(state, code[:, None], k)
+        out.append(int(code[0]))
+    return prompt + data.decode(out)
+
+
+def adding(args, out: Path) -> Result:
+    """The adding problem at ``--length`` steps: regress the sum of the two marked values.
+    Every batch is freshly drawn; an epoch is 10,000 sequences."""
+    rng = np.random.default_rng(args.seed)
+    test_x, test_y = data.adding(1000, args.length, np.random.default_rng(args.seed + 1))
+    params = train.init_network(jax.random.PRNGKey(args.seed), args.model, 2, args.hidden,
+                                args.layers, args.bidirectional, out_features=1)
+
+    def predict(params, x):  # (batch, length, 2) -> (batch,)
+        return train.head(params, train.encode(args.model, params, x)[1])[:, 0]
+
+    def loss(params, x, y):
+        return jnp.mean((predict(params, x) - y) ** 2)
+
+    def batches():
+        while True:
+            yield data.adding(args.batch_size, args.length, rng)
+
+    params, losses = train.fit(loss, params, batches(), _steps(args, 10_000), args.lr,
+                               _desc(args))
+    mse = float(jax.jit(loss)(params, test_x, test_y))
+    baseline = float(np.mean((1 - test_y) ** 2))
+    return Result(params, losses, [], [
+        f"test mse: {mse:.4f} (always predicting 1: {baseline:.3f})"])
+
+
+TASKS = {
+    "digits": Task(digits, "scikit-learn's 8x8 digits read row by row; classification",
+                   hidden=64, epochs=30, batch_size=64, lr=1e-2, length=None),
+    "co2": Task(co2, "Mauna Loa CO2 (statsmodels); next-month forecast, plot",
+                hidden=32, epochs=100, batch_size=32, lr=1e-2, length=24),
+    "pysource": Task(pysource, "character language model of the stdlib's own source",
+                     hidden=128, epochs=2, batch_size=32, lr=5e-3, length=100),
+    "adding": Task(adding, "the adding problem (Hochreiter & Schmidhuber 1997)",
+                   hidden=64, epochs=10, batch_size=64, lr=5e-3, length=50),
+}
