@@ -1,0 +1,124 @@
+"""``python -m recurrent``: the default run learns the digits, every dataset reports its
+metric and writes its files, and bad arguments end in one line and exit code 2."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from recurrent import __main__ as cli
+
+
+def _run(capsys, *argv):
+    assert cli.main(list(argv)) == 0
+    return capsys.readouterr()
+
+
+def _error(capsys, *argv):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(list(argv))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_default_train_learns_the_digits(capsys, tmp_path):
+    out = _run(capsys, "train", "--out", str(tmp_path))
+    last = out.out.strip().splitlines()[-1]
+    match = re.fullmatch(r"test accuracy: (0\.\d{3}|1\.000)", last)
+    assert match, last
+    assert float(match.group(1)) >= 0.90
+    assert "loss=" in out.err  # the progress bar, on stderr
+    assert (tmp_path / "loss.png").stat().st_size > 0
+    assert (tmp_path / "checkpoint").is_dir()
+
+
+@pytest.mark.parametrize("argv, metric, files", [
+    (["--dataset", "co2", "--model", "gru"], r"test mse: \d+\.\d+ ppm\^2", ["forecast.png"]),
+    (["--dataset", "pysource", "--hidden", "32", "--layers", "2"],
+     r"test bits per character: \d+\.\d+", []),
+    (["--dataset", "adding", "--model", "rnn", "--length", "20", "--bidirectional"],
+     r"test mse: \d+\.\d+ \(always predicting 1: 0\.1\d+\)", []),
+])
+def test_every_dataset_reports_its_metric(capsys, tmp_path, argv, metric, files):
+    out = _run(capsys, "train", *argv, "--steps", "3", "--out", str(tmp_path)).out
+    assert re.fullmatch(metric, out.strip().splitlines()[-1]), out
+    for name in ["loss.png", *files]:
+        assert (tmp_path / name).stat().st_size > 0
+    assert (tmp_path / "checkpoint").is_dir()
+
+
+def test_the_checkpoint_restores_the_params(capsys, tmp_path):
+    import jax
+    import numpy as np
+    import orbax.checkpoint as ocp
+
+    from recurrent import train
+
+    _run(capsys, "train", "--steps", "1", "--hidden", "4", "--out", str(tmp_path))
+    like = train.init_network(jax.random.PRNGKey(0), "lstm", 8, 4, 1, False, 10)
+    with ocp.StandardCheckpointer() as checkpointer:
+        restored = checkpointer.restore((tmp_path / "checkpoint").resolve(), like)
+    assert jax.tree.structure(restored) == jax.tree.structure(like)
+    assert not np.allclose(restored["head"], like["head"])  # one step of training moved it
+
+
+def test_pysource_samples_text(capsys, tmp_path):
+    out = _run(capsys, "train", "--dataset", "pysource", "--steps", "2", "--hidden", "16",
+               "--out", str(tmp_path)).out
+    lines = out.splitlines()
+    assert lines[lines.index("sample:") + 1].startswith("def ")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "mnist"], "invalid choice: 'mnist'"),
+    (["--hidden", "-3"], "--hidden must be a positive integer, got -3"),
+    (["--layers", "0"], "--layers must be a positive integer, got 0"),
+    (["--steps", "-1"], "--steps must be a positive integer"),
+    (["--lr", "0"], "--lr must be positive"),
+    (["--dataset", "adding", "--length", "1"], "--length must be at least 2"),
+    (["--dataset", "pysource", "--bidirectional"], "--bidirectional does not apply"),
+    (["--epochs", "two"], "invalid int value: 'two'"),
+])
+def test_bad_arguments_end_in_one_line(capsys, argv, message):
+    assert message in _error(capsys, "train", *argv)
+
+
+def test_unwritable_out_ends_in_one_line(capsys, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert "is not a writable directory" in _error(capsys, "train", "--out", str(blocker / "x"))
+
+
+def test_module_entry_point_exits_2_without_a_traceback():
+    proc = subprocess.run([sys.executable, "-m", "recurrent", "train", "--dataset", "nope"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "python -m recurrent train: error: argument --dataset: invalid choice: 'nope' "
+        "(choose from 'digits', 'co2', 'pysource', 'adding') (see --help)"]
+
+
+def test_help_documents_every_dataset(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    for word in ["digits", "co2", "pysource", "adding", "--model", "--bidirectional",
+                 "--layers", "--hidden", "--epochs", "--steps", "--lr", "--seed", "--out"]:
+        assert word in help_text
+
+
+def test_bench_runs_the_benchmark_script(capsys, monkeypatch, tmp_path):
+    script = tmp_path / "bench_cpu.py"
+    script.write_text("def main(argv):\n    print('bench', argv)\n    return 0\n")
+    monkeypatch.setattr(cli, "_BENCH", script)
+    assert cli.main(["bench", "--quick"]) == 0
+    assert capsys.readouterr().out == "bench ['--quick']\n"
+
+
+def test_bench_without_the_script_ends_in_one_line(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(cli, "_BENCH", tmp_path / "missing.py")
+    assert "source checkout" in _error(capsys, "bench")
