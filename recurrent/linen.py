@@ -1,0 +1,196 @@
+"""Flax Linen modules around the functional layers: ``LSTM``, ``GRU``, ``RNN`` and the
+per-step cells ``LSTMCell``, ``GRUCell`` for ``flax.linen.RNN`` / ``flax.linen.Bidirectional``.
+
+The modules hold no math of their own. A layer module stores the functional params of
+:func:`recurrent.init_lstm` (``((LSTMParams,) * num_directions,) * num_layers``) as one
+param named ``"layers"``, so the module's variables, the functional params and a torch
+state dict convert in one step each::
+
+    variables = model.init(key, x)
+    params = variables["params"]["layers"]              # what recurrent.lstm takes
+    state_dict = recurrent.interop.lstm_to_torch(params)
+    variables = {"params": {"layers": recurrent.interop.lstm_from_torch(state_dict)}}
+
+A cell stores one direction's params (an ``LSTMParams``) as the param ``"weights"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from recurrent import cells, checks, layers
+
+
+def _check_rate(module: str, dropout) -> None:
+    if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ValueError(f"{module}: dropout must be a number in [0, 1); got {dropout!r}")
+
+
+class _Stack(nn.Module):
+    """A stacked (bidirectional) recurrent layer; subclasses name the functional layer."""
+
+    hidden_size: int
+    num_layers: int = 1
+    bidirectional: bool = False
+    dropout: float = 0.0
+    deterministic: bool | None = None
+    bias: bool = True
+    batch_first: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    unroll: int = 1
+    rng_collection: str = "dropout"
+
+    def _functions(self):
+        """``(init_fn, layer_fn, layer_options)`` of the functional layer."""
+        raise NotImplementedError
+
+    @nn.compact
+    def __call__(self, x, seq_lengths=None, initial_state=None, *,
+                 deterministic: bool | None = None, return_state: bool = False):
+        """Runs the layer over ``x``.
+
+        Args:
+          x: ``(batch, time, input_size)`` (``(time, batch, input_size)`` when
+            ``batch_first=False``); ``input_size`` is read from it at ``init``.
+          seq_lengths: ``(batch,)`` integer valid lengths (right padding), or ``None``.
+          initial_state: ``(h_0, c_0)`` for the LSTM, ``h_0`` for the GRU and RNN, each
+            ``(num_layers * num_directions, batch, hidden_size)``; zeros when ``None``.
+          deterministic: ``True`` turns dropout off (evaluation); overrides the attribute.
+            Needed, here or as the attribute, only when ``dropout > 0``; training then
+            draws from the ``rng_collection`` stream (``rngs={"dropout": key}``).
+          return_state: also return the final state.
+
+        Returns:
+          ``y`` of shape ``(batch, time, num_directions * hidden_size)``, or
+          ``(y, state)`` with ``return_state``; ``state`` is shaped as ``initial_state``.
+        """
+        name = type(self).__name__
+        _check_rate(name, self.dropout)
+        init_fn, layer_fn, options = self._functions()
+        params = self.param(
+            "layers",
+            lambda key: init_fn(key, x.shape[-1], self.hidden_size, self.num_layers,
+                                self.bidirectional, bias=self.bias,
+                                param_dtype=self.param_dtype))
+        if deterministic is None:
+            deterministic = self.deterministic
+        if self.dropout > 0 and deterministic is None:
+            raise ValueError(f"{name}: dropout={self.dropout} needs deterministic=True "
+                             f"(evaluation) or False (training), as an attribute or at call")
+        rate, key = 0.0, None
+        if self.dropout > 0 and not deterministic:
+            rate, key = self.dropout, self.make_rng(self.rng_collection)
+        y, state = layer_fn(params, x, seq_lengths, initial_state, rate, key,
+                            self.batch_first, dtype=self.dtype, unroll=self.unroll, **options)
+        return (y, state) if return_state else y
+
+
+class LSTM(_Stack):
+    """``torch.nn.LSTM`` as a Linen module: a thin wrapper of :func:`recurrent.lstm`.
+
+    Example::
+
+        model = recurrent.linen.LSTM(32, num_layers=2, dropout=0.1)
+        variables = model.init(jax.random.key(0), x)                # x (batch, time, I)
+        y = model.apply(variables, x, deterministic=False,
+                        rngs={"dropout": jax.random.key(1)})        # (batch, time, 32)
+        y, (h_n, c_n) = model.apply(variables, x, deterministic=True, return_state=True)
+
+    Attributes:
+      hidden_size: ``H``.
+      num_layers: stacked layers; layer ``l > 0`` reads ``num_directions * H`` features.
+      bidirectional: run a backward direction too; ``y`` is ``[forward, backward]``.
+      dropout: probability of zeroing an output of every layer but the last (as torch).
+      deterministic: default for the call's ``deterministic``.
+      bias: whether the layers have ``b_ih`` and ``b_hh``.
+      batch_first: ``x`` and ``y`` put batch first (torch's ``batch_first=True``).
+      dtype: matmul dtype (e.g. ``jnp.bfloat16``), ``None`` for the params' dtype.
+      param_dtype: dtype of the params.
+      unroll: scan steps per loop iteration.
+      rng_collection: the rng stream dropout draws from.
+    """
+
+    def _functions(self):
+        return layers.init_lstm, layers.lstm, {}
+
+
+class GRU(_Stack):
+    """``torch.nn.GRU`` as a Linen module around :func:`recurrent.gru`; attributes as
+    :class:`LSTM`, plus ``reset_after`` (``True``: torch's form). The state is ``h``."""
+
+    reset_after: bool = True
+
+    def _functions(self):
+        return layers.init_gru, layers.gru, {"reset_after": self.reset_after}
+
+
+class RNN(_Stack):
+    """``torch.nn.RNN`` as a Linen module around :func:`recurrent.rnn`; attributes as
+    :class:`LSTM`, plus ``nonlinearity`` (``"tanh"`` or ``"relu"``). The state is ``h``."""
+
+    nonlinearity: str = "tanh"
+
+    def _functions(self):
+        return layers.init_rnn, layers.rnn, {"nonlinearity": self.nonlinearity}
+
+
+class _Cell(nn.RNNCellBase):
+    """One time step of a functional cell, in Flax's cell protocol."""
+
+    hidden_size: int
+    bias: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    def _cell(self) -> cells.Cell:
+        raise NotImplementedError
+
+    @nn.compact
+    def __call__(self, carry, x):
+        """One step: ``x (*batch, input_size)`` and the carry to ``(carry, y (*batch, H))``."""
+        cell = self._cell()
+        params = self.param("weights", lambda key: cell.init(key, x.shape[-1]))
+        return cell.step(params, carry, cell.project(params, x))
+
+    @nn.nowrap
+    def initialize_carry(self, rng, input_shape: tuple[int, ...]):
+        """Zeros for inputs of shape ``(*batch, input_size)``; ``rng`` is unused."""
+        del rng
+        checks.check_size(type(self).__name__, "hidden_size", self.hidden_size)
+        dtype = jnp.promote_types(self.param_dtype, jnp.float32)
+        return self._cell().initial_carry(tuple(input_shape[:-1]), dtype)
+
+    @property
+    def num_feature_axes(self) -> int:
+        return 1
+
+
+class LSTMCell(_Cell):
+    """The LSTM cell of :func:`recurrent.lstm`, one step at a time, for ``flax.linen.RNN``.
+
+    The carry is ``(h, c)``, each ``(*batch, hidden_size)`` (torch's order; note that
+    ``flax.linen.LSTMCell`` uses ``(c, h)``). Weights: the param ``"weights"``, an
+    ``LSTMParams`` equal to ``variables["params"]["layers"][l][d]`` of :class:`LSTM`::
+
+        rnn = flax.linen.RNN(recurrent.linen.LSTMCell(32))
+        y = rnn.apply({"params": {"cell": {"weights": lstm_params[0][0]}}}, x)
+    """
+
+    def _cell(self):
+        return cells.lstm_cell(self.hidden_size, bias=self.bias, dtype=self.dtype,
+                               param_dtype=self.param_dtype)
+
+
+class GRUCell(_Cell):
+    """The GRU cell of :func:`recurrent.gru`, one step at a time; the carry is ``h``
+    ``(*batch, hidden_size)``. ``reset_after=True`` is torch's form."""
+
+    reset_after: bool = True
+
+    def _cell(self):
+        return cells.gru_cell(self.hidden_size, reset_after=self.reset_after, bias=self.bias,
+                              dtype=self.dtype, param_dtype=self.param_dtype)
