@@ -1,0 +1,282 @@
+"""Flax NNX modules around the functional layers: ``LSTM``, ``GRU``, ``RNN`` and the
+per-step cells ``LSTMCell``, ``GRUCell`` for ``flax.nnx.RNN`` / ``flax.nnx.Bidirectional``.
+
+The modules hold no math of their own. A layer module keeps the functional params of
+:func:`recurrent.init_lstm` (``((LSTMParams,) * num_directions,) * num_layers``) with
+each array in an ``nnx.Param``, in the attribute ``layers``; ``get_params`` and
+``set_params`` read and write them as plain arrays, which is the one way to and from the
+functional layer and torch::
+
+    model = recurrent.nnx.LSTM(8, 32, rngs=nnx.Rngs(0))
+    state_dict = recurrent.interop.lstm_to_torch(model.get_params())
+    model.set_params(recurrent.interop.lstm_from_torch(state_dict))
+
+A cell keeps one direction's params the same way, in the attribute ``weights``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from recurrent import cells, checks, layers
+
+
+def _is_variable(x) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def _as_params(tree):
+    """Functional params wrapped for NNX: each array in an ``nnx.Param``."""
+    return nnx.data(jax.tree.map(nnx.Param, tree))
+
+
+def _values(tree):
+    """The arrays of a tree of ``nnx.Param``: functional params."""
+    return jax.tree.map(lambda v: v.get_value(), tree, is_leaf=_is_variable)
+
+
+def _assign(module: str, tree, params) -> None:
+    """Writes ``params`` into the ``nnx.Param`` leaves of ``tree``; same structure and shapes."""
+    want = jax.tree.structure(_values(tree))
+    if jax.tree.structure(params) != want:
+        raise ValueError(f"{module}.set_params: params have structure "
+                         f"{jax.tree.structure(params)}; expected {want} (the module's "
+                         f"layers, directions and bias)")
+    pairs = list(zip(jax.tree_util.tree_flatten_with_path(params)[0],
+                     jax.tree.leaves(tree, is_leaf=_is_variable), strict=True))
+    for (path, new), var in pairs:
+        if jnp.shape(new) != var.get_value().shape:
+            raise ValueError(f"{module}.set_params: params{jax.tree_util.keystr(path)} has "
+                             f"shape {jnp.shape(new)}; expected {var.get_value().shape}")
+    for (_, new), var in pairs:
+        var.set_value(jnp.asarray(new, var.get_value().dtype))
+
+
+class _Stack(nnx.Module):
+    """A stacked (bidirectional) recurrent layer; subclasses name the functional layer."""
+
+    _init = None  # the functional init_* of a subclass
+    _layer = None  # the functional layer of a subclass
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bidirectional: bool = False, dropout: float = 0.0, *, bias: bool = True,
+                 batch_first: bool = True, deterministic: bool = False, dtype: Any = None,
+                 param_dtype: Any = jnp.float32, unroll: int = 1,
+                 rng_collection: str = "dropout", rngs: nnx.Rngs):
+        name = type(self).__name__
+        if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ValueError(f"{name}: dropout must be a number in [0, 1); got {dropout!r}")
+        if not isinstance(rngs, nnx.Rngs):
+            raise TypeError(f"{name}: rngs must be an nnx.Rngs; got {type(rngs).__name__}")
+        self.layers = _as_params(type(self)._init(
+            rngs.params(), input_size, hidden_size, num_layers, bidirectional, bias=bias,
+            param_dtype=param_dtype))
+        self.dropout = dropout
+        self.deterministic = deterministic
+        self.batch_first = batch_first
+        self.dtype = dtype
+        self.unroll = unroll
+        self.rng_collection = rng_collection
+        self.rngs = rngs[rng_collection].fork() if dropout > 0 else nnx.data(None)
+
+    def _options(self) -> dict:
+        """Keyword arguments of the functional layer beyond the common ones."""
+        return {}
+
+    def get_params(self):
+        """The functional params (plain arrays), as :func:`recurrent.init_lstm` makes them."""
+        return _values(self.layers)
+
+    def set_params(self, params) -> None:
+        """Loads functional params (e.g. from ``recurrent.interop.lstm_from_torch``); they
+        must have this module's structure and shapes, else ``ValueError``."""
+        _assign(type(self).__name__, self.layers, params)
+
+    def __call__(self, x, seq_lengths=None, initial_state=None, *,
+                 deterministic: bool | None = None, rngs=None, return_state: bool = False):
+        """Runs the layer over ``x``.
+
+        Args:
+          x: ``(batch, time, input_size)`` (``(time, batch, input_size)`` when
+            ``batch_first=False``).
+          seq_lengths: ``(batch,)`` integer valid lengths (right padding), or ``None``.
+          initial_state: ``(h_0, c_0)`` for the LSTM, ``h_0`` for the GRU and RNN, each
+            ``(num_layers * num_directions, batch, hidden_size)``; zeros when ``None``.
+          deterministic: ``True`` turns dropout off; overrides the attribute, which
+            ``model.eval()`` / ``model.train()`` set.
+          rngs: an ``nnx.Rngs``, ``RngStream`` or key for dropout, instead of the stream
+            forked at construction.
+          return_state: also return the final state.
+
+        Returns:
+          ``y`` of shape ``(batch, time, num_directions * hidden_size)``, or
+          ``(y, state)`` with ``return_state``; ``state`` is shaped as ``initial_state``.
+        """
+        if deterministic is None:
+            deterministic = self.deterministic
+        rate, key = 0.0, None
+        if self.dropout > 0 and not deterministic:
+            rate, key = self.dropout, self._dropout_key(rngs)
+        y, state = type(self)._layer(self.get_params(), x, seq_lengths, initial_state, rate,
+                                     key, self.batch_first, dtype=self.dtype,
+                                     unroll=self.unroll, **self._options())
+        return (y, state) if return_state else y
+
+    def _dropout_key(self, rngs):
+        if rngs is None:
+            rngs = self.rngs
+        if isinstance(rngs, nnx.Rngs):
+            return rngs[self.rng_collection]()
+        if isinstance(rngs, nnx.RngStream):
+            return rngs()
+        if isinstance(rngs, jax.Array):
+            return rngs
+        raise TypeError(f"{type(self).__name__}: dropout needs rngs (an nnx.Rngs, RngStream "
+                        f"or key); got {type(rngs).__name__}")
+
+    def set_view(self, deterministic: bool | None = None):
+        """Used by ``nnx.view``: ``deterministic=True`` turns dropout off."""
+        if deterministic is not None:
+            self.deterministic = deterministic
+
+
+class LSTM(_Stack):
+    """``torch.nn.LSTM`` as an NNX module: a thin wrapper of :func:`recurrent.lstm`.
+
+    Example::
+
+        model = recurrent.nnx.LSTM(8, 32, num_layers=2, dropout=0.1, rngs=nnx.Rngs(0))
+        y = model(x)                                   # (batch, time, 32), dropout on
+        model.eval()                                   # dropout off
+        y, (h_n, c_n) = model(x, return_state=True)
+
+    Args:
+      input_size: ``I``, the features of ``x``.
+      hidden_size: ``H``.
+      num_layers: stacked layers; layer ``l > 0`` reads ``num_directions * H`` features.
+      bidirectional: run a backward direction too; ``y`` is ``[forward, backward]``.
+      dropout: probability of zeroing an output of every layer but the last (as torch).
+      bias: whether the layers have ``b_ih`` and ``b_hh``.
+      batch_first: ``x`` and ``y`` put batch first (torch's ``batch_first=True``).
+      deterministic: start in evaluation mode (no dropout).
+      dtype: matmul dtype (e.g. ``jnp.bfloat16``), ``None`` for the params' dtype.
+      param_dtype: dtype of the params.
+      unroll: scan steps per loop iteration.
+      rng_collection: the stream of ``rngs`` that dropout forks.
+      rngs: ``nnx.Rngs``; ``params`` initialises the weights as torch does.
+    """
+
+    _init = staticmethod(layers.init_lstm)
+    _layer = staticmethod(layers.lstm)
+
+
+class GRU(_Stack):
+    """``torch.nn.GRU`` as an NNX module around :func:`recurrent.gru`; arguments as
+    :class:`LSTM`, plus ``reset_after`` (``True``: torch's form). The state is ``h``."""
+
+    _init = staticmethod(layers.init_gru)
+    _layer = staticmethod(layers.gru)
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bidirectional: bool = False, dropout: float = 0.0, *,
+                 reset_after: bool = True, **kwargs):
+        super().__init__(input_size, hidden_size, num_layers, bidirectional, dropout,
+                         **kwargs)
+        self.reset_after = reset_after
+
+    def _options(self):
+        return {"reset_after": self.reset_after}
+
+
+class RNN(_Stack):
+    """``torch.nn.RNN`` as an NNX module around :func:`recurrent.rnn`; arguments as
+    :class:`LSTM`, plus ``nonlinearity`` (``"tanh"`` or ``"relu"``). The state is ``h``."""
+
+    _init = staticmethod(layers.init_rnn)
+    _layer = staticmethod(layers.rnn)
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bidirectional: bool = False, dropout: float = 0.0, *,
+                 nonlinearity: str = "tanh", **kwargs):
+        super().__init__(input_size, hidden_size, num_layers, bidirectional, dropout,
+                         **kwargs)
+        self.nonlinearity = nonlinearity
+
+    def _options(self):
+        return {"nonlinearity": self.nonlinearity}
+
+
+class _Cell(nnx.RNNCellBase):
+    """One time step of a functional cell, in Flax NNX's cell protocol."""
+
+    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True,
+                 dtype: Any = None, param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+            checks.check_size(type(self).__name__, name, value)
+        self.hidden_size = hidden_size
+        self.bias = bias
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.weights = _as_params(self._cell().init(rngs.params(), input_size))
+
+    def _cell(self) -> cells.Cell:
+        raise NotImplementedError
+
+    def get_params(self):
+        """This cell's functional params, e.g. an ``LSTMParams`` of plain arrays."""
+        return _values(self.weights)
+
+    def set_params(self, params) -> None:
+        """Loads one direction's functional params, e.g. ``lstm_params[layer][direction]``."""
+        _assign(type(self).__name__, self.weights, params)
+
+    def __call__(self, carry, x):
+        """One step: ``x (*batch, input_size)`` and the carry to ``(carry, y (*batch, H))``."""
+        params, cell = self.get_params(), self._cell()
+        if x.shape[-1] != params.w_ih.shape[1]:
+            raise ValueError(f"{type(self).__name__}: x has {x.shape[-1]} features (shape "
+                             f"{x.shape}) but the weights expect {params.w_ih.shape[1]}")
+        return cell.step(params, carry, cell.project(params, x))
+
+    def initialize_carry(self, input_shape: tuple[int, ...], rngs=None):
+        """Zeros for inputs of shape ``(*batch, input_size)``; ``rngs`` is unused."""
+        del rngs
+        dtype = jnp.promote_types(self.param_dtype, jnp.float32)
+        return self._cell().initial_carry(tuple(input_shape[:-1]), dtype)
+
+    @property
+    def num_feature_axes(self) -> int:
+        return 1
+
+
+class LSTMCell(_Cell):
+    """The LSTM cell of :func:`recurrent.lstm`, one step at a time, for ``flax.nnx.RNN``.
+
+    The carry is ``(h, c)``, each ``(*batch, hidden_size)`` (torch's order; note that
+    ``flax.nnx.LSTMCell`` uses ``(c, h)``)::
+
+        rnn = flax.nnx.RNN(recurrent.nnx.LSTMCell(8, 32, rngs=nnx.Rngs(0)))
+        y = rnn(x)                                     # (batch, time, 32)
+    """
+
+    def _cell(self):
+        return cells.lstm_cell(self.hidden_size, bias=self.bias, dtype=self.dtype,
+                               param_dtype=self.param_dtype)
+
+
+class GRUCell(_Cell):
+    """The GRU cell of :func:`recurrent.gru`, one step at a time; the carry is ``h``
+    ``(*batch, hidden_size)``. ``reset_after=True`` is torch's form."""
+
+    def __init__(self, input_size: int, hidden_size: int, *, reset_after: bool = True,
+                 **kwargs):
+        self.reset_after = reset_after  # read by _cell() in the base __init__
+        super().__init__(input_size, hidden_size, **kwargs)
+
+    def _cell(self):
+        return cells.gru_cell(self.hidden_size, reset_after=self.reset_after, bias=self.bias,
+                              dtype=self.dtype, param_dtype=self.param_dtype)
