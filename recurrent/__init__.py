@@ -1,7 +1,11 @@
 """recurrent: LSTM, GRU and RNN layers for JAX with torch's semantics."""
 
 from recurrent import cells as cells
+from recurrent import checkpoint as checkpoint
 from recurrent import interop as interop
+from recurrent import linen as linen
+from recurrent import nnx as nnx
+from recurrent import sharding as sharding
 from recurrent.cells import Cell as Cell
 from recurrent.cells import GRUParams as GRUParams
 from recurrent.cells import LSTMParams as LSTMParams
