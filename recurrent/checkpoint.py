@@ -34,6 +34,14 @@ def _leaves_by_path(tree) -> dict[str, object]:
     return {"/".join(_key_name(k) for k in path): leaf for path, leaf in flat}
 
 
+def _stored(leaf) -> tuple[tuple, object]:
+    """``(shape, dtype)`` of a leaf as orbax stores it: a typed PRNG key (e.g. in an NNX
+    ``Rngs``) as its ``uint32`` key data."""
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        leaf = jax.eval_shape(jax.random.key_data, leaf)
+    return tuple(leaf.shape), leaf.dtype
+
+
 def save(directory, tree, *, overwrite: bool = False) -> None:
     """Saves ``tree`` (a pytree of arrays) to ``directory`` and waits until it is written.
 
@@ -77,10 +85,10 @@ def restore(directory, like):
         problems = [f"missing from the checkpoint: {p}" for p in wanted if p not in saved]
         problems += [f"not in the model: {p}" for p in saved if p not in wanted]
         for path in wanted.keys() & saved.keys():
-            got, want = saved[path], wanted[path]
-            if tuple(got.shape) != tuple(want.shape) or got.dtype != want.dtype:
-                problems.append(f"{path}: saved {got.dtype}{list(got.shape)}, expected "
-                                f"{want.dtype}{list(want.shape)}")
+            (got_shape, got_dtype), (shape, dtype) = _stored(saved[path]), _stored(wanted[path])
+            if got_shape != shape or got_dtype != dtype:
+                problems.append(f"{path}: saved {got_dtype}{list(got_shape)}, expected "
+                                f"{dtype}{list(shape)}")
         if problems:
             raise ValueError(f"restore: the checkpoint at {directory} does not match the "
                              f"tree to restore into:\n  " + "\n  ".join(sorted(problems)))

@@ -45,14 +45,20 @@ def test_linen_trained_model_and_optimizer_restore_bit_identical(tmp_path):
                                   apply({"params": params}, X))
 
 
-def test_nnx_model_restores_bit_identical(tmp_path):
-    model = rn.GRU(3, 5, num_layers=2, rngs=nnx.Rngs(0))
-    model.set_params(jax.tree.map(lambda a: a * 1.5, model.get_params()))  # "trained"
-    checkpoint.save(tmp_path / "ckpt", nnx.state(model))
+def test_nnx_model_with_dropout_stream_restores_bit_identical(tmp_path):
+    def build(seed):
+        return rn.GRU(3, 5, num_layers=2, dropout=0.3, rngs=nnx.Rngs(seed))
 
-    restored = nnx.eval_shape(lambda: rn.GRU(3, 5, num_layers=2, rngs=nnx.Rngs(1)))
+    model = build(0)
+    model.set_params(jax.tree.map(lambda a: a * 1.5, model.get_params()))  # "trained"
+    checkpoint.save(tmp_path / "ckpt", nnx.state(model))  # params and the dropout stream
+
+    restored = nnx.eval_shape(lambda: build(1))
     nnx.update(restored, checkpoint.restore(tmp_path / "ckpt", nnx.state(restored)))
     run = nnx.jit(lambda m: m(X))
+    np.testing.assert_array_equal(run(restored), run(model))  # same dropout masks too
+    restored.eval()
+    model.eval()
     np.testing.assert_array_equal(run(restored), run(model))
 
 
