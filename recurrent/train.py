@@ -110,12 +110,11 @@ def check_writable(out: str | os.PathLike) -> Path:
 
 
 def save_checkpoint(params, directory: Path) -> Path:
-    """Writes ``params`` with orbax under ``directory`` (replacing an earlier one)."""
-    import orbax.checkpoint as ocp
+    """Writes ``params`` with orbax under ``directory``, replacing an earlier checkpoint;
+    :func:`recurrent.checkpoint.restore` reads it back."""
+    from recurrent import checkpoint
 
-    path = directory.resolve()
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(path, params, force=True)
+    checkpoint.save(directory, params, overwrite=True)
     return directory
 
 
