@@ -132,7 +132,7 @@ class Classifier(nnx.Module):
     """A GRU over the rows of a digit, then a linear read-out of the last step."""
 
     def __init__(self, rngs: nnx.Rngs):
-        self.gru = rn.GRU(8, 32, num_layers=2, dropout=0.1, rngs=rngs)
+        self.gru = rn.GRU(8, 32, rngs=rngs)
         self.out = nnx.Linear(32, 10, rngs=rngs)
 
     def __call__(self, x):
