@@ -57,8 +57,9 @@ def linen_params(params, x, y, mesh=None):
     return params
 
 
-def nnx_params(x, y, mesh=None):
-    model = NNXClassifier(nnx.Rngs(0))
+def nnx_params(initial, x, y, mesh=None):
+    """The params of a copy of ``initial`` after ``STEPS`` Adam steps, as NumPy arrays."""
+    model = nnx.clone(initial)
     optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
 
     @nnx.jit
@@ -74,7 +75,7 @@ def nnx_params(x, y, mesh=None):
         x, y = sharding.shard_batch((x, y), mesh)
     for _ in range(STEPS):
         step(model, optimizer, x, y)
-    return nnx.state(model, nnx.Param)
+    return [np.asarray(leaf) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param))]
 
 
 def max_difference(a, b):
@@ -88,6 +89,7 @@ def main():
     initial = jax.jit(LinenClassifier().init)(jax.random.key(0), x)["params"]
     single, sharded = linen_params(initial, x, y), linen_params(initial, x, y, mesh)
     batch_sharding = sharding.shard_batch(x, mesh).sharding
+    model = NNXClassifier(nnx.Rngs(0))
     try:
         sharding.shard_batch(x[:12], mesh)
         error = None
@@ -101,7 +103,10 @@ def main():
                                  for leaf in jax.tree.leaves(sharded)),
         "linen_difference": max_difference(single, sharded),
         "linen_change": max_difference(initial, sharded),
-        "nnx_difference": max_difference(nnx_params(x, y), nnx_params(x, y, mesh)),
+        "nnx_difference": max_difference(nnx_params(model, x, y),
+                                         nnx_params(model, x, y, mesh)),
+        "nnx_change": max_difference(nnx_params(model, x, y),
+                                     jax.tree.leaves(nnx.state(model, nnx.Param))),
         "indivisible_error": error,
     }))
 

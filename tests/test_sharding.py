@@ -25,7 +25,7 @@ def test_sharded_and_unsharded_steps_give_the_same_params():
     assert result["devices"] == 8
     assert result["batch_devices"] == 8 and result["batch_spec"] == "P('data',)"
     assert result["params_replicated"]
-    assert result["linen_change"] > 1e-3  # the steps did move the params
+    assert result["linen_change"] > 1e-3 and result["nnx_change"] > 1e-3  # params moved
     assert result["linen_difference"] < 1e-6
     assert result["nnx_difference"] < 1e-6
     assert "multiple of the 8 devices" in result["indivisible_error"]
