@@ -118,12 +118,16 @@ def train(args) -> list[str]:
 
 
 def bench(parser: argparse.ArgumentParser, argv: list[str]) -> int:
-    """Runs ``benchmarks/bench_cpu.py``'s ``main(argv)``; exit code 2 if it is missing."""
+    """Runs ``benchmarks/bench_cpu.py``'s ``main(argv)``; exit code 2 if the script or
+    what it imports is missing."""
     if not _BENCH.exists():
         parser.error(f"bench needs {_BENCH} from a source checkout of recurrent")
     spec = importlib.util.spec_from_file_location("bench_cpu", _BENCH)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except ImportError as e:  # torch, the yardstick, is a test dependency
+        parser.error(f"bench needs {e.name or e}: pip install -e '.[test]'")
     return module.main(argv) or 0
 
 

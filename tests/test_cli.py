@@ -111,3 +111,10 @@ def test_bench_runs_the_benchmark_script(capsys, monkeypatch, tmp_path):
 def test_bench_without_the_script_ends_in_one_line(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(cli, "_BENCH", tmp_path / "missing.py")
     assert "source checkout" in _error(capsys, "bench")
+
+
+def test_bench_without_its_dependencies_ends_in_one_line(capsys, monkeypatch, tmp_path):
+    script = tmp_path / "bench_cpu.py"
+    script.write_text("import a_module_that_is_not_installed\n")
+    monkeypatch.setattr(cli, "_BENCH", script)
+    assert "bench needs a_module_that_is_not_installed" in _error(capsys, "bench")
