@@ -124,6 +124,7 @@ def bench(parser: argparse.ArgumentParser, argv: list[str]) -> int:
         parser.error(f"bench needs {_BENCH} from a source checkout of recurrent")
     spec = importlib.util.spec_from_file_location("bench_cpu", _BENCH)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses (flax modules) look their module up
     try:
         spec.loader.exec_module(module)
     except ImportError as e:  # torch, the yardstick, is a test dependency

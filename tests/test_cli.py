@@ -102,7 +102,11 @@ def test_help_documents_every_dataset(capsys):
 
 def test_bench_runs_the_benchmark_script(capsys, monkeypatch, tmp_path):
     script = tmp_path / "bench_cpu.py"
-    script.write_text("def main(argv):\n    print('bench', argv)\n    return 0\n")
+    # A dataclass with postponed annotations needs its module in sys.modules, as flax's do.
+    script.write_text("from __future__ import annotations\n\nimport dataclasses\n\n\n"
+                      "@dataclasses.dataclass\nclass Config:\n"
+                      "    repeats: int = 1\n\n\n"
+                      "def main(argv):\n    print('bench', argv)\n    return 0\n")
     monkeypatch.setattr(cli, "_BENCH", script)
     assert cli.main(["bench", "--quick"]) == 0
     assert capsys.readouterr().out == "bench ['--quick']\n"
