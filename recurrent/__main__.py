@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from recurrent import train as training
 from recurrent.tasks import TASKS
 
 _BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_cpu.py"
@@ -62,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="peak Adam learning rate; it decays to a tenth on a cosine")
     train.add_argument("--length", type=int,
                        help="sequence length: co2's input window in months, pysource's "
-                            "training window in characters, the adding problem's T")
+                            "training window in characters, the adding problem's T "
+                            "(digits are always 8 rows)")
     train.add_argument("--seed", type=int, default=0, help="seeds data order and init")
     train.add_argument("--out", default="runs",
                        help="directory for loss.png, plots and checkpoint/ (default runs)")
@@ -80,6 +82,8 @@ def _check_train_args(args) -> None:
     exit code 2."""
     parser = args.parser
     task = TASKS[args.dataset]
+    if task.length is None and args.length is not None:
+        parser.error(f"--length does not apply to {args.dataset}")
     for name in ("hidden", "epochs", "batch_size", "lr", "length"):
         if getattr(args, name) is None:
             setattr(args, name, getattr(task, name))
@@ -95,9 +99,7 @@ def _check_train_args(args) -> None:
     if args.dataset == "adding" and args.length < 2:
         parser.error(f"--length must be at least 2 for the adding problem, got {args.length}")
     try:
-        from recurrent.train import check_writable
-
-        args.out = check_writable(args.out)
+        args.out = training.check_writable(args.out)
     except OSError as e:
         parser.error(f"--out {args.out} is not a writable directory: "
                      f"{e.strerror or e}")
@@ -105,8 +107,6 @@ def _check_train_args(args) -> None:
 
 def train(args) -> list[str]:
     """Runs ``args.dataset``'s task and saves its outputs; returns the lines to print."""
-    from recurrent import train as training
-
     start = time.perf_counter()
     result = TASKS[args.dataset].run(args, args.out)
     files = [training.save_loss_curve(result.losses, args.out / "loss.png",

@@ -70,6 +70,7 @@ def test_every_dataset_reports_its_metric(capsys, tmp_path, argv, metric, files)
     (["--dataset", "adding", "--length", "1"], "--length must be at least 2"),
     (["--dataset", "pysource", "--bidirectional"], "--bidirectional does not apply"),
     (["--epochs", "two"], "invalid int value: 'two'"),
+    (["--length", "10"], "--length does not apply to digits"),
 ])
 def test_bad_arguments_end_in_one_line(capsys, argv, message):
     assert message in _error(capsys, "train", *argv)
