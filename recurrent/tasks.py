@@ -166,22 +166,26 @@ def pysource(args, out: Path) -> Result:
 def generate(kind: str, params: dict, prompt: str, chars: int, key,
              temperature: float = 0.7) -> str:
     """Continues ``prompt`` by ``chars`` characters sampled one at a time from a
-    :func:`pysource`-style network, carrying the layer's state from step to step."""
+    :func:`pysource`-style network: each sampled character is fed back in, and the layer's
+    state is carried from step to step (one ``lax.scan``)."""
     apply = train.LAYERS[kind][1]
+    prompt_codes = np.frombuffer(prompt.encode("ascii"), np.uint8).astype(np.int32)[None]
 
     @jax.jit
-    def step(state, codes, key):  # codes (1, time) -> next code (1,), new state
-        ys, state = apply(params["rnn"], params["embed"][codes], initial_state=state)
-        logits = train.head(params, ys[:, -1]) / temperature  # (1, VOCAB)
-        return state, jax.random.categorical(key, logits)
+    def sample(key):  # -> codes (chars,)
+        ys, state = apply(params["rnn"], params["embed"][prompt_codes])  # (1, len, H)
 
-    prompt_codes = np.frombuffer(prompt.encode("ascii"), np.uint8).astype(np.int32)[None]
-    state, code = step(None, prompt_codes, key)
-    out = [int(code[0])]
-    for k in jax.random.split(key, chars - 1):
-        state, code = step(state, code[:, None], k)
-        out.append(int(code[0]))
-    return prompt + data.decode(out)
+        def step(carry, key):
+            state, logits = carry  # logits (1, VOCAB) for the next character
+            code = jax.random.categorical(key, logits / temperature)  # (1,)
+            ys, state = apply(params["rnn"], params["embed"][code[:, None]],
+                              initial_state=state)  # ys (1, 1, H)
+            return (state, train.head(params, ys[:, -1])), code[0]
+
+        first = (state, train.head(params, ys[:, -1]))
+        return jax.lax.scan(step, first, jax.random.split(key, chars))[1]
+
+    return prompt + data.decode(jax.device_get(sample(key)))
 
 
 def adding(args, out: Path) -> Result:
