@@ -113,7 +113,8 @@ def train(args) -> list[str]:
                                       f"{args.model} on {args.dataset}"), *result.plots,
              training.save_checkpoint(result.params, args.out / "checkpoint")]
     return [*(f"wrote {f}" for f in files),
-            f"trained {len(result.losses)} steps in {time.perf_counter() - start:.1f} s",
+            f"trained {len(result.losses)} steps and tested in "
+            f"{time.perf_counter() - start:.1f} s",
             *result.lines]
 
 
