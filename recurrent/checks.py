@@ -102,10 +102,16 @@ def check_state(fn: str, name: str, state, shape: tuple) -> None:
                          f"(num_layers * num_directions, batch, hidden_size)")
 
 
+def check_rate(fn: str, dropout: float) -> None:
+    """``dropout`` must be a number in ``[0, 1)``."""
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.floating)) \
+            or not 0 <= dropout < 1:
+        raise ValueError(f"{fn}: dropout must be a number in [0, 1); got {dropout!r}")
+
+
 def check_dropout(fn: str, dropout: float, key) -> None:
     """``dropout`` must be in ``[0, 1)`` and come with a ``key`` when positive."""
-    if not isinstance(dropout, (int, float, np.floating)) or not 0 <= dropout < 1:
-        raise ValueError(f"{fn}: dropout must be a number in [0, 1); got {dropout!r}")
+    check_rate(fn, dropout)
     if dropout > 0 and key is None:
         raise ValueError(f"{fn}: dropout={dropout} needs a PRNG key: pass key=...")
 

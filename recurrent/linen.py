@@ -24,11 +24,6 @@ import jax.numpy as jnp
 from recurrent import cells, checks, layers
 
 
-def _check_rate(module: str, dropout) -> None:
-    if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise ValueError(f"{module}: dropout must be a number in [0, 1); got {dropout!r}")
-
-
 class _Stack(nn.Module):
     """A stacked (bidirectional) recurrent layer; subclasses name the functional layer."""
 
@@ -69,7 +64,7 @@ class _Stack(nn.Module):
           ``(y, state)`` with ``return_state``; ``state`` is shaped as ``initial_state``.
         """
         name = type(self).__name__
-        _check_rate(name, self.dropout)
+        checks.check_rate(name, self.dropout)
         init_fn, layer_fn, options = self._functions()
         params = self.param(
             "layers",

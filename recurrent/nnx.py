@@ -68,8 +68,7 @@ class _Stack(nnx.Module):
                  param_dtype: Any = jnp.float32, unroll: int = 1,
                  rng_collection: str = "dropout", rngs: nnx.Rngs):
         name = type(self).__name__
-        if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise ValueError(f"{name}: dropout must be a number in [0, 1); got {dropout!r}")
+        checks.check_rate(name, dropout)
         if not isinstance(rngs, nnx.Rngs):
             raise TypeError(f"{name}: rngs must be an nnx.Rngs; got {type(rngs).__name__}")
         self.layers = _as_params(type(self)._init(
