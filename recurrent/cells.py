@@ -73,6 +73,16 @@ class Cell(NamedTuple):
         the LSTM, ``r, z, n, h`` for the GRU, ``h`` for the RNN. ``step`` is built from it.
       params_type: the NamedTuple class of this cell's params.
       gates: how many gate blocks of ``hidden`` rows ``w_ih`` has (4, 3 or 1).
+      recurrence: ``recurrence(params, carry, xp_t, matmul, act) -> dict``:
+        ``activations`` with its recurrent matmuls and its sigmoids and tanhs left to the
+        caller: every product with ``w_hh`` is ``matmul(u, rows)`` for
+        ``u @ params.w_hh[rows].T`` (``u (batch, hidden)``, ``rows`` a slice of gate rows),
+        and every squashing is ``act(x, tanh_mask)``: ``tanh`` where ``tanh_mask`` (a bool
+        or a ``(width,)`` mask) else ``sigmoid``. The fast path (:mod:`recurrent.vjp`)
+        hooks both to record what its backward pass needs. ``None`` for cells that only
+        have ``step``.
+      carry_keys: the keys of ``recurrence``'s dict that make the new carry, in order.
+      dtype: the matmuls' dtype (``None``: the params' dtype).
     """
 
     init: Callable[[Array, int], Any]
@@ -82,6 +92,9 @@ class Cell(NamedTuple):
     activations: Callable[[Any, Any, Array], dict]
     params_type: type
     gates: int
+    recurrence: Callable[[Any, Any, Array, Callable], dict] | None = None
+    carry_keys: tuple = ("h",)
+    dtype: Any = None
 
 
 def uniform_init(scale: float) -> Initializer:
@@ -134,20 +147,43 @@ def _project(params, x, dtype, fold_b_hh):
     return xp
 
 
-def _recurrent(params, h, dtype):
-    """``h @ w_hh.T``: ``(batch, H) -> (batch, G*H)``."""
-    return _matmul(h, params.w_hh, dtype)
+ALL_ROWS = slice(None)
 
 
-def _step_from(activations, carry_keys):
-    """``step`` from ``activations``: the new carry is ``carry_keys`` of it, the output ``h``."""
+def _plain_matmul(params, dtype):
+    """The ``matmul(u, rows)`` of ``recurrence`` as a plain product: ``u @ w_hh[rows].T``."""
+    return lambda u, rows: _matmul(u, params.w_hh[rows], dtype)
+
+
+def sigmoid_tanh(x, tanh_mask):
+    """``tanh`` where ``tanh_mask`` else ``sigmoid``, on the full gate width at once.
+
+    ``sigmoid(x) = (1 + tanh(x / 2)) / 2``, so every column takes one ``tanh``: XLA emits one
+    vectorised elementwise loop over ``(batch, G*H)`` in place of one loop per gate slice
+    (on CPU the per-slice form costs more than the recurrent matmul; see benchmarks/).
+    """
+    t = jnp.tanh(x * jnp.where(tanh_mask, 1.0, 0.5).astype(x.dtype))
+    return jnp.where(tanh_mask, t, 0.5 * t + 0.5)
+
+
+def _gate_mask(gates, hidden_size, tanh_gates):
+    """``(gates * H,)`` booleans, true on the columns of the blocks in ``tanh_gates``."""
+    block = jnp.arange(gates * hidden_size) // hidden_size  # (G*H,) gate index of a column
+    return jnp.isin(block, jnp.asarray(tanh_gates))
+
+
+def _cell_from(recurrence, carry_keys, dtype):
+    """``activations`` and ``step`` from ``recurrence`` with the plain recurrent matmul."""
+
+    def activations(params, carry, xp_t):
+        return recurrence(params, carry, xp_t, _plain_matmul(params, dtype), sigmoid_tanh)
 
     def step(params, carry, xp_t):
         a = activations(params, carry, xp_t)
         new = tuple(a[k] for k in carry_keys)
         return (new if len(new) > 1 else new[0]), a["h"]
 
-    return step
+    return activations, step
 
 
 def _zeros_carry(hidden_size, pair):
@@ -191,16 +227,16 @@ def lstm_cell(hidden_size: int, *, bias: bool = True, forget_bias: float = 0.0,
     def project(params, x):
         return _project(params, x, dtype, fold_b_hh=True)
 
-    def activations(params, carry, xp_t):
+    def recurrence(params, carry, xp_t, matmul, act):
         h, c = carry
-        gates = xp_t + _recurrent(params, h, dtype)  # (batch, 4H)
+        gates = act(xp_t + matmul(h, ALL_ROWS), _gate_mask(4, H, (2,)))  # (batch, 4H)
         i, f, g, o = jnp.split(gates, 4, axis=-1)  # 4 x (batch, H)
-        i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
         c = f * c + i * g
-        return dict(i=i, f=f, g=g, o=o, c=c, h=o * jnp.tanh(c))
+        return dict(i=i, f=f, g=g, o=o, c=c, h=o * act(c, True))
 
-    return Cell(init, project, _step_from(activations, ("h", "c")),
-                _zeros_carry(H, pair=True), activations, LSTMParams, 4)
+    activations, step = _cell_from(recurrence, ("h", "c"), dtype)
+    return Cell(init, project, step, _zeros_carry(H, pair=True), activations, LSTMParams, 4,
+                recurrence, ("h", "c"), dtype)
 
 
 def gru_cell(hidden_size: int, *, reset_after: bool = True, bias: bool = True,
@@ -228,24 +264,25 @@ def gru_cell(hidden_size: int, *, reset_after: bool = True, bias: bool = True,
             xp = xp + jnp.asarray(params.b_hh).at[2 * H:].set(0)
         return xp
 
-    def activations(params, carry, xp_t):
+    def recurrence(params, carry, xp_t, matmul, act):
         h = carry
         x_rz, x_n = xp_t[..., :2 * H], xp_t[..., 2 * H:]  # (batch, 2H), (batch, H)
         if reset_after:
-            hp = _recurrent(params, h, dtype)  # (batch, 3H)
+            hp = matmul(h, ALL_ROWS)  # (batch, 3H)
             h_rz, h_n = hp[..., :2 * H], hp[..., 2 * H:]  # (batch, 2H), (batch, H)
             if params.b_hh is not None:
                 h_n = h_n + params.b_hh[2 * H:]
-            r, z = jnp.split(jax.nn.sigmoid(x_rz + h_rz), 2, axis=-1)
-            n = jnp.tanh(x_n + r * h_n)
+            r, z = jnp.split(act(x_rz + h_rz, False), 2, axis=-1)  # 2 x (batch, H)
+            n = act(x_n + r * h_n, True)
         else:
-            w_rz, w_n = params.w_hh[:2 * H], params.w_hh[2 * H:]  # (2H, H), (H, H)
-            r, z = jnp.split(jax.nn.sigmoid(x_rz + _matmul(h, w_rz, dtype)), 2, axis=-1)
-            n = jnp.tanh(x_n + _matmul(r * h, w_n, dtype))
+            rz = act(x_rz + matmul(h, slice(0, 2 * H)), False)  # (batch, 2H)
+            r, z = jnp.split(rz, 2, axis=-1)  # 2 x (batch, H)
+            n = act(x_n + matmul(r * h, slice(2 * H, 3 * H)), True)
         return dict(r=r, z=z, n=n, h=(1 - z) * n + z * h)
 
-    return Cell(init, project, _step_from(activations, ("h",)), _zeros_carry(H, pair=False),
-                activations, GRUParams, 3)
+    activations, step = _cell_from(recurrence, ("h",), dtype)
+    return Cell(init, project, step, _zeros_carry(H, pair=False), activations, GRUParams, 3,
+                recurrence, ("h",), dtype)
 
 
 def rnn_cell(hidden_size: int, *, nonlinearity: str = "tanh", bias: bool = True,
@@ -256,18 +293,18 @@ def rnn_cell(hidden_size: int, *, nonlinearity: str = "tanh", bias: bool = True,
 
     ``nonlinearity`` is ``"tanh"`` or ``"relu"``; other arguments as in :func:`lstm_cell`.
     """
-    acts = {"tanh": jnp.tanh, "relu": jax.nn.relu}
-    if nonlinearity not in acts:
+    if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-    act = acts[nonlinearity]
     init = _make_init(RNNParams, 1, hidden_size, bias, param_dtype, kernel_init,
                       recurrent_init, bias_init)
 
     def project(params, x):
         return _project(params, x, dtype, fold_b_hh=True)
 
-    def activations(params, carry, xp_t):
-        return dict(h=act(xp_t + _recurrent(params, carry, dtype)))
+    def recurrence(params, carry, xp_t, matmul, act):
+        pre = xp_t + matmul(carry, ALL_ROWS)  # (batch, H)
+        return dict(h=act(pre, True) if nonlinearity == "tanh" else jax.nn.relu(pre))
 
-    return Cell(init, project, _step_from(activations, ("h",)),
-                _zeros_carry(hidden_size, pair=False), activations, RNNParams, 1)
+    activations, step = _cell_from(recurrence, ("h",), dtype)
+    return Cell(init, project, step, _zeros_carry(hidden_size, pair=False), activations,
+                RNNParams, 1, recurrence, ("h",), dtype)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from recurrent import checks
+from recurrent import checks, fast
 from recurrent.cells import Cell, gru_cell, lstm_cell, rnn_cell
 from recurrent.unroll import carry_dtype, unroll
 
@@ -33,8 +33,14 @@ def _init_stack(fn: str, cell: Cell, key, input_size, hidden_size, num_layers,
 
 
 def _run_stack(fn: str, make_cell: Callable[[int], Cell], params, x, seq_lengths,
-               initial_state, dropout, key, batch_first, unroll_steps, dtype):
+               initial_state, dropout, key, batch_first, unroll_steps, dtype, impl,
+               remat_chunk):
     """Checks the arguments, then runs every layer and direction; returns ``(y, state)``."""
+    if impl not in ("fast", "reference"):
+        raise ValueError(f"{fn}: impl must be 'fast' or 'reference', got {impl!r}")
+    if remat_chunk is not None and (not isinstance(remat_chunk, int) or remat_chunk < 1):
+        raise ValueError(f"{fn}: remat_chunk must be a positive int or None, got "
+                         f"{remat_chunk!r}")
     probe = make_cell(1)
     sizes = checks.check_stack(fn, params, probe.params_type, probe.gates)
     batch, _ = checks.check_input(fn, x, sizes, batch_first)
@@ -53,6 +59,11 @@ def _run_stack(fn: str, make_cell: Callable[[int], Cell], params, x, seq_lengths
             checks.check_state(fn, "initial_state[1] (c_0)", initial_state[1], state_shape)
         else:
             checks.check_state(fn, "initial_state", initial_state, state_shape)
+
+    if impl == "fast" and cell.recurrence is not None:
+        out, state = _run_fast(cell, params, x, seq_lengths, initial_state, dropout, key,
+                               batch_first, unroll_steps, remat_chunk, pair, num_dirs)
+        return (out if dtype is None else out.astype(dtype)), state
 
     out, finals = x, []
     for l, layer in enumerate(params):
@@ -77,6 +88,30 @@ def _run_stack(fn: str, make_cell: Callable[[int], Cell], params, x, seq_lengths
     return out, state
 
 
+def _run_fast(cell, params, x, seq_lengths, initial_state, dropout, key, batch_first,
+              unroll_steps, remat_chunk, pair, num_dirs):
+    """The stack by :func:`recurrent.fast.run_layer`, time-major from the first layer to the
+    last; returns ``(y, state)`` as the reference loop of :func:`_run_stack` does."""
+    out = jnp.swapaxes(x, 0, 1) if batch_first else x  # (batch, T, I) -> (T, batch, I)
+    time, batch = out.shape[:2]
+    finals = []
+    for l, layer in enumerate(params):
+        if initial_state is None:
+            carry = cell.initial_carry((num_dirs, batch), carry_dtype(layer[0]))
+        else:  # leaves (L*D, batch, H) -> (D, batch, H)
+            carry = jax.tree.map(lambda s: s[l * num_dirs:(l + 1) * num_dirs].astype(
+                carry_dtype(layer[0])), tuple(initial_state) if pair else initial_state)
+        out, carry = fast.run_layer(cell, layer, out, carry, seq_lengths, unroll=unroll_steps,
+                                    remat_chunk=remat_chunk)  # (T, batch, D*H)
+        finals.append(carry)
+        if dropout > 0 and l < len(params) - 1:  # the reference's mask, drawn batch-first
+            key, sub = jax.random.split(key)
+            keep = jax.random.bernoulli(sub, 1 - dropout, (batch, time, out.shape[-1]))
+            out = jnp.where(jnp.swapaxes(keep, 0, 1), out / (1 - dropout), 0)
+    state = jax.tree.map(lambda *c: jnp.concatenate(c), *finals)  # each (L*D, batch, H)
+    return (jnp.swapaxes(out, 0, 1) if batch_first else out), state  # (batch, T, D*H)
+
+
 _LAYER_DOC = """
     Args:
       params: from ``init_{fn}`` or ``interop.{fn}_from_torch``.
@@ -94,6 +129,13 @@ _LAYER_DOC = """
       dtype: dtype of the matmuls (``jnp.bfloat16`` or ``None`` for the params' dtype);
         they accumulate in float32, the state stays float32 and ``y`` is cast to ``dtype``.
       unroll: scan steps per loop iteration (``jax.lax.scan``'s ``unroll``).
+      impl: ``"fast"`` (both directions in one scan with a hand-written VJP, see
+        :mod:`recurrent.fast`) or ``"reference"`` (one :func:`recurrent.unroll.unroll` per
+        layer and direction, differentiated by JAX). They agree to float32 rounding.
+      remat_chunk: with ``impl="fast"``, rematerialise the scan in chunks of this many
+        steps: training memory then grows with ``time`` only through the layer's inputs
+        and outputs, at the cost of running the forward pass twice. ``None``: store every
+        step. Ignored by ``impl="reference"``.
 
     Returns:
       ``(y, {state_out})``: ``y`` is ``(batch, time, num_directions * hidden_size)``
@@ -149,7 +191,8 @@ def init_rnn(key, input_size: int, hidden_size: int, num_layers: int = 1,
 @_document("lstm", "a pair ``(h_0, c_0)``, each ``(num_layers * num_directions, batch, "
            "hidden_size)``", "(h_n, c_n)", "``h_n`` and ``c_n`` are each")
 def lstm(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, key=None,
-         batch_first: bool = True, *, dtype=None, unroll: int = 1):
+         batch_first: bool = True, *, dtype=None, unroll: int = 1, impl: str = "fast",
+         remat_chunk: int | None = None):
     """A stacked (bidirectional) LSTM over a batch of sequences, as ``torch.nn.LSTM``.
 
     For one layer and direction, with ``x`` batch first::
@@ -162,13 +205,15 @@ def lstm(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, 
             y[:, t] = h
     """
     return _run_stack("lstm", lambda h: lstm_cell(h, dtype=dtype), params, x, seq_lengths,
-                      initial_state, dropout, key, batch_first, unroll, dtype)
+                      initial_state, dropout, key, batch_first, unroll, dtype, impl,
+                      remat_chunk)
 
 
 @_document("gru", "``h_0`` of shape ``(num_layers * num_directions, batch, hidden_size)``",
            "h_n", "``h_n`` is")
 def gru(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, key=None,
-        batch_first: bool = True, *, reset_after: bool = True, dtype=None, unroll: int = 1):
+        batch_first: bool = True, *, reset_after: bool = True, dtype=None, unroll: int = 1,
+        impl: str = "fast", remat_chunk: int | None = None):
     """A stacked (bidirectional) GRU over a batch of sequences, as ``torch.nn.GRU``.
 
     For one layer and direction (``reset_after=True``, torch's form; ``False`` applies the
@@ -185,14 +230,14 @@ def gru(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, k
     """
     return _run_stack("gru", lambda h: gru_cell(h, reset_after=reset_after, dtype=dtype),
                       params, x, seq_lengths, initial_state, dropout, key, batch_first,
-                      unroll, dtype)
+                      unroll, dtype, impl, remat_chunk)
 
 
 @_document("rnn", "``h_0`` of shape ``(num_layers * num_directions, batch, hidden_size)``",
            "h_n", "``h_n`` is")
 def rnn(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, key=None,
         batch_first: bool = True, *, nonlinearity: str = "tanh", dtype=None,
-        unroll: int = 1):
+        unroll: int = 1, impl: str = "fast", remat_chunk: int | None = None):
     """A stacked (bidirectional) Elman RNN, as ``torch.nn.RNN``::
 
         h = initial_state
@@ -202,4 +247,4 @@ def rnn(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, k
     """
     return _run_stack("rnn", lambda h: rnn_cell(h, nonlinearity=nonlinearity, dtype=dtype),
                       params, x, seq_lengths, initial_state, dropout, key, batch_first,
-                      unroll, dtype)
+                      unroll, dtype, impl, remat_chunk)

@@ -1,0 +1,214 @@
+"""recurrent against flax.linen and torch on CPU, forward and forward+backward, in one process.
+
+    python benchmarks/bench_cpu.py [--repeats 7] [--quick] [--out PATH]
+
+For LSTM and GRU at each configuration (batch-first, ``x (B, T, I)``, hidden ``H``) it
+times ``recurrent.lstm``/``gru`` (the fast path, and ``impl="reference"``: one
+``lax.scan`` per direction differentiated by JAX), flax.linen ``RNN(OptimizedLSTMCell)`` /
+``RNN(GRUCell)`` (``Bidirectional`` and stacked for the last configuration) and
+``torch.nn.LSTM``/``GRU``. Forward+backward is the gradient of ``sum(y)`` with respect to
+every parameter. Each repetition runs every library once, interleaved, so that load from
+other processes hits all of them alike; the table gives medians in ms and the ratios
+recurrent / torch and recurrent / flax (below 1: recurrent is faster). It then reports
+the compiled peak memory of one training step at ``T = 4096`` with and without
+``remat_chunk``. Everything is written to ``benchmarks/results/cpu.md`` with the machine
+and versions. ``main(argv)`` is the entry point for ``python -m recurrent bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+import recurrent
+
+RESULTS = Path(__file__).parent / "results"
+# (batch, time, input, hidden, layers, bidirectional)
+CONFIGS = [(32, 128, 64, 128, 1, False), (16, 512, 32, 64, 1, False),
+           (64, 256, 128, 256, 1, False), (32, 128, 64, 128, 2, True)]
+QUICK_CONFIGS = [(8, 32, 16, 32, 1, False), (8, 32, 16, 32, 2, True)]
+MEMORY_CONFIG = (32, 4096, 64, 128)  # batch, time, input, hidden: one LSTM layer
+MEMORY_CHUNK = 64
+PAUSE_S = 0.05
+
+
+class _FlaxStack(nn.Module):
+    """``layers`` flax ``RNN``s, each ``Bidirectional`` when asked: flax's equivalent of
+    ``torch.nn.LSTM(num_layers=layers, bidirectional=...)``."""
+
+    cell: str
+    hidden: int
+    layers: int
+    bidirectional: bool
+
+    @nn.compact
+    def __call__(self, x):  # (batch, time, features) -> (batch, time, D * hidden)
+        make = nn.OptimizedLSTMCell if self.cell == "lstm" else nn.GRUCell
+        for _ in range(self.layers):
+            rnn = nn.RNN(make(self.hidden))
+            if self.bidirectional:
+                rnn = nn.Bidirectional(rnn, nn.RNN(make(self.hidden)))
+            x = rnn(x)
+        return x
+
+
+def _jax_fns(apply, params, x):
+    """Jitted ``forward()`` and ``training()`` (gradient of ``sum(y)``) closures."""
+    fwd = jax.jit(apply)
+    grad = jax.jit(jax.grad(lambda p, x: jnp.sum(apply(p, x))))
+    return (lambda: fwd(params, x)), (lambda: grad(params, x))
+
+
+def _libraries(cell, config):
+    """``{name: (forward, training)}`` zero-argument callables for one configuration."""
+    batch, time_steps, inputs, hidden, layers, bi = config
+    key = jax.random.PRNGKey(0)
+    x = jax.random.normal(key, (batch, time_steps, inputs))
+    init, layer = ((recurrent.init_lstm, recurrent.lstm) if cell == "lstm"
+                   else (recurrent.init_gru, recurrent.gru))
+    params = init(key, inputs, hidden, layers, bi)
+    libs = {
+        "recurrent": _jax_fns(lambda p, x: layer(p, x)[0], params, x),
+        "reference": _jax_fns(lambda p, x: layer(p, x, impl="reference")[0], params, x),
+    }
+    module = _FlaxStack(cell, hidden, layers, bi)
+    libs["flax"] = _jax_fns(module.apply, module.init(key, x), x)
+
+    torch_layer = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(
+        inputs, hidden, num_layers=layers, bidirectional=bi, batch_first=True)
+    tx = torch.from_numpy(np.array(x))  # (batch, time, input), a writable copy
+
+    def torch_forward():
+        with torch.no_grad():
+            return torch_layer(tx)[0]
+
+    def torch_training():
+        torch_layer.zero_grad(set_to_none=True)
+        torch_layer(tx)[0].sum().backward()
+
+    libs["torch"] = (torch_forward, torch_training)
+    return libs
+
+
+def _time_ms(fn):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    return (time.perf_counter() - start) * 1e3
+
+
+def _measure(libs, mode, repeats):
+    """Median ms per library; the libraries take turns within every repetition, in an order
+    that rotates, with a pause after each so that threads still spinning (torch's OpenMP
+    workers, XLA's Eigen pool) do not steal the cores of the next one."""
+    for fns in libs.values():  # compile and warm up
+        jax.block_until_ready(fns[mode]())
+        jax.block_until_ready(fns[mode]())
+    names = list(libs)
+    times = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            time.sleep(PAUSE_S)
+            times[name].append(_time_ms(libs[name][mode]))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+HEADER = ("| cell | B, T, I, H | layers × dirs | pass | torch | flax | recurrent "
+          "| reference | recurrent / torch | recurrent / flax |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
+
+
+def _row(cell, config, mode, ms):
+    batch, time_steps, inputs, hidden, layers, bi = config
+    return (f"| {cell.upper()} | {batch}, {time_steps}, {inputs}, {hidden} | "
+            f"{layers} × {2 if bi else 1} | {('forward', 'fwd+bwd')[mode]} | "
+            f"{ms['torch']:.1f} | {ms['flax']:.1f} | {ms['recurrent']:.1f} | "
+            f"{ms['reference']:.1f} | {ms['recurrent'] / ms['torch']:.2f} | "
+            f"{ms['recurrent'] / ms['flax']:.2f} |")
+
+
+def peak_memory_mb(time_steps, remat_chunk, config=MEMORY_CONFIG):
+    """Compiled memory of one LSTM training step (gradient of ``sum(y)``), in MB: XLA's
+    temporaries plus arguments and outputs, from ``compiled.memory_analysis()``."""
+    batch, _, inputs, hidden = config
+    params = recurrent.init_lstm(jax.random.PRNGKey(0), inputs, hidden)
+    x = jax.ShapeDtypeStruct((batch, time_steps, inputs), jnp.float32)
+    grad = jax.jit(jax.grad(
+        lambda p, x: jnp.sum(recurrent.lstm(p, x, remat_chunk=remat_chunk)[0])))
+    stats = grad.lower(params, x).compile().memory_analysis()
+    total = (stats.temp_size_in_bytes + stats.argument_size_in_bytes
+             + stats.output_size_in_bytes)
+    return total / 2**20
+
+
+def _memory_table(time_steps):
+    batch, _, inputs, hidden = MEMORY_CONFIG
+    lines = [f"Peak memory of one training step (LSTM, B {batch}, I {inputs}, H {hidden}; "
+             f"XLA's compiled temporaries + arguments + outputs; the input alone is "
+             f"{batch * time_steps * inputs * 4 / 2**20:.0f} MB):", "",
+             "| T | remat_chunk | MB |", "|---|---|---|"]
+    for t in (time_steps // 4, time_steps):
+        for chunk in (None, MEMORY_CHUNK):
+            lines.append(f"| {t} | {chunk} | {peak_memory_mb(t, chunk):.0f} |")
+    return lines
+
+
+def _machine():
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f
+                         if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"{model}, {os.cpu_count()} cores; jax {jax.__version__}, "
+            f"flax {version('flax')}, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads); {datetime.date.today()}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny shapes, to check that the script runs")
+    parser.add_argument("--out", type=Path, default=RESULTS / "cpu.md")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(os.cpu_count())
+    configs = QUICK_CONFIGS if args.quick else CONFIGS
+    print(_machine())
+    print(HEADER, flush=True)
+    rows = []
+    for cell in ("lstm", "gru"):
+        for config in configs:
+            libs = _libraries(cell, config)
+            for mode in (0, 1):
+                rows.append(_row(cell, config, mode, _measure(libs, mode, args.repeats)))
+                print(rows[-1], flush=True)
+    memory = _memory_table(256 if args.quick else 4096)
+    print("\n".join(memory))
+    text = "\n".join([
+        "# recurrent vs flax.linen vs torch on CPU", "",
+        f"- machine: {_machine()}",
+        f"- command: `python benchmarks/bench_cpu.py`; median ms of {args.repeats} "
+        "interleaved repetitions after warm-up; fwd+bwd = gradient of sum(y) w.r.t. all "
+        "params; `reference` is `impl=\"reference\"` (lax.scan differentiated by JAX)", "",
+        HEADER, *rows, "", *memory, ""])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
