@@ -1,9 +1,11 @@
-"""recurrent: LSTM, GRU and RNN layers for JAX with torch's semantics."""
+"""recurrent: LSTM, GRU, RNN, minGRU and minLSTM layers for JAX with torch's semantics."""
 
 from recurrent import cells as cells
 from recurrent import checkpoint as checkpoint
+from recurrent import deer as deer
 from recurrent import interop as interop
 from recurrent import linen as linen
+from recurrent import minimal as minimal
 from recurrent import nnx as nnx
 from recurrent import sharding as sharding
 from recurrent.cells import Cell as Cell
@@ -16,8 +18,12 @@ from recurrent.cells import rnn_cell as rnn_cell
 from recurrent.layers import gru as gru
 from recurrent.layers import init_gru as init_gru
 from recurrent.layers import init_lstm as init_lstm
+from recurrent.layers import init_mingru as init_mingru
+from recurrent.layers import init_minlstm as init_minlstm
 from recurrent.layers import init_rnn as init_rnn
 from recurrent.layers import lstm as lstm
+from recurrent.layers import mingru as mingru
+from recurrent.layers import minlstm as minlstm
 from recurrent.layers import rnn as rnn
 from recurrent.unroll import unroll as unroll
 

@@ -83,6 +83,10 @@ class Cell(NamedTuple):
         have ``step``.
       carry_keys: the keys of ``recurrence``'s dict that make the new carry, in order.
       dtype: the matmuls' dtype (``None``: the params' dtype).
+      log_coeffs: ``log_coeffs(xp) -> (log_a, log_b)``, each ``(..., hidden)``, for cells
+        whose step is ``h' = a * h + b`` with ``a, b > 0`` read off the input alone
+        (minGRU, minLSTM): :func:`recurrent.minimal.parallel_unroll` then runs a whole
+        sequence in parallel. ``None`` for the others.
     """
 
     init: Callable[[Array, int], Any]
@@ -95,6 +99,7 @@ class Cell(NamedTuple):
     recurrence: Callable[[Any, Any, Array, Callable], dict] | None = None
     carry_keys: tuple = ("h",)
     dtype: Any = None
+    log_coeffs: Callable[[Array], tuple[Array, Array]] | None = None
 
 
 def uniform_init(scale: float) -> Initializer:

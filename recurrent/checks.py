@@ -40,20 +40,26 @@ def check_stack(fn: str, params, params_type: type, gates: int) -> StackShape:
         for d, p in enumerate(layer):
             if type(p) is not params_type:
                 raise TypeError(f"{fn}: params[{l}][{d}] is {type(p).__name__}; expected "
-                                f"{params_type.__name__} (use init_{fn} or "
-                                f"interop.{fn}_from_torch)")
-    w_ih, w_hh = _shape(params[0][0].w_ih), _shape(params[0][0].w_hh)
-    if w_ih is None or len(w_ih) != 2 or w_hh is None or len(w_hh) != 2:
-        raise ValueError(f"{fn}: params[0][0].w_ih and .w_hh must be matrices; got shapes "
-                         f"{w_ih} and {w_hh}")
-    input_size, hidden = w_ih[1], w_hh[1]
-    rows = gates * hidden
+                                f"{params_type.__name__} (as made by init_{fn})")
+    w_ih = _shape(params[0][0].w_ih)
+    if w_ih is None or len(w_ih) != 2 or w_ih[0] % gates:
+        raise ValueError(f"{fn}: params[0][0].w_ih must be a ({gates} * hidden_size, "
+                         f"input_size) matrix; got shape {w_ih}")
+    fields = params_type._fields
+    if "w_hh" in fields:
+        w_hh = _shape(params[0][0].w_hh)
+        if w_hh is None or len(w_hh) != 2:
+            raise ValueError(f"{fn}: params[0][0].w_hh must be a matrix; got shape {w_hh}")
+        hidden = w_hh[1]
+    else:  # cells without recurrent weights (minGRU, minLSTM)
+        hidden = w_ih[0] // gates
+    input_size, rows = w_ih[1], gates * hidden
     for l, layer in enumerate(params):
         want = {"w_ih": (rows, input_size if l == 0 else num_dirs * hidden),
                 "w_hh": (rows, hidden), "b_ih": (rows,), "b_hh": (rows,)}
         for d, p in enumerate(layer):
-            for name, shape in want.items():
-                got = _shape(getattr(p, name))
+            for name in fields:
+                got, shape = _shape(getattr(p, name)), want[name]
                 if getattr(p, name) is not None and (got is None or tuple(got) != shape):
                     raise ValueError(f"{fn}: params[{l}][{d}].{name} has shape {got}; "
                                      f"expected {shape}")

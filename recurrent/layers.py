@@ -9,13 +9,28 @@ NamedTuple per direction. Sizes are read off their shapes, so they pass unchange
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 
 from recurrent import checks, fast
 from recurrent.cells import Cell, gru_cell, lstm_cell, rnn_cell
+from recurrent.deer import deer_unroll
+from recurrent.minimal import mingru_cell, minlstm_cell, parallel_unroll
 from recurrent.unroll import carry_dtype, unroll
+
+# How the reference loop runs one layer and direction, by ``impl``; "fast" runs whole layers
+# through recurrent.fast instead, for cells with ``recurrence``.
+_UNROLLS = {
+    "fast": unroll,
+    "reference": unroll,
+    "deer": partial(deer_unroll, jacobian="full"),
+    "quasi_deer": partial(deer_unroll, jacobian="diagonal"),
+    "parallel": parallel_unroll,
+}
+_NONLINEAR_IMPLS = ("fast", "reference", "deer", "quasi_deer")
+_LINEAR_IMPLS = ("parallel", "reference")
 
 
 def _init_stack(fn: str, cell: Cell, key, input_size, hidden_size, num_layers,
@@ -34,10 +49,11 @@ def _init_stack(fn: str, cell: Cell, key, input_size, hidden_size, num_layers,
 
 def _run_stack(fn: str, make_cell: Callable[[int], Cell], params, x, seq_lengths,
                initial_state, dropout, key, batch_first, unroll_steps, dtype, impl,
-               remat_chunk):
+               remat_chunk, impls=_NONLINEAR_IMPLS):
     """Checks the arguments, then runs every layer and direction; returns ``(y, state)``."""
-    if impl not in ("fast", "reference"):
-        raise ValueError(f"{fn}: impl must be 'fast' or 'reference', got {impl!r}")
+    if impl not in impls:
+        raise ValueError(f"{fn}: impl must be one of {', '.join(map(repr, impls))}; "
+                         f"got {impl!r}")
     if remat_chunk is not None and (not isinstance(remat_chunk, int) or remat_chunk < 1):
         raise ValueError(f"{fn}: remat_chunk must be a positive int or None, got "
                          f"{remat_chunk!r}")
@@ -73,8 +89,9 @@ def _run_stack(fn: str, make_cell: Callable[[int], Cell], params, x, seq_lengths
             if initial_state is not None:
                 carry = jax.tree.map(lambda s: s[l * num_dirs + d].astype(carry_dtype(p)),
                                      tuple(initial_state) if pair else initial_state)
-            carry, y = unroll(cell, p, out, carry, seq_lengths=seq_lengths, reverse=d == 1,
-                              unroll=unroll_steps, time_major=not batch_first)
+            carry, y = _UNROLLS[impl](cell, p, out, carry, seq_lengths=seq_lengths,
+                                      reverse=d == 1, unroll=unroll_steps,
+                                      time_major=not batch_first)
             finals.append(carry)
             ys.append(y)
         out = jnp.concatenate(ys, axis=-1)  # (batch, time, D*H)
@@ -129,13 +146,11 @@ _LAYER_DOC = """
       dtype: dtype of the matmuls (``jnp.bfloat16`` or ``None`` for the params' dtype);
         they accumulate in float32, the state stays float32 and ``y`` is cast to ``dtype``.
       unroll: scan steps per loop iteration (``jax.lax.scan``'s ``unroll``).
-      impl: ``"fast"`` (both directions in one scan with a hand-written VJP, see
-        :mod:`recurrent.fast`) or ``"reference"`` (one :func:`recurrent.unroll.unroll` per
-        layer and direction, differentiated by JAX). They agree to float32 rounding.
+      impl: {impl_doc}
       remat_chunk: with ``impl="fast"``, rematerialise the scan in chunks of this many
         steps: training memory then grows with ``time`` only through the layer's inputs
         and outputs, at the cost of running the forward pass twice. ``None``: store every
-        step. Ignored by ``impl="reference"``.
+        step. Ignored by the other ``impl`` s.
 
     Returns:
       ``(y, {state_out})``: ``y`` is ``(batch, time, num_directions * hidden_size)``
@@ -144,10 +159,25 @@ _LAYER_DOC = """
 """
 
 
-def _document(fn_name: str, state_in: str, state_out: str, state_desc: str):
+_NONLINEAR_IMPL_DOC = """``"fast"`` (both directions in one scan with a hand-written VJP, see
+        :mod:`recurrent.fast`), ``"reference"`` (one :func:`recurrent.unroll.unroll` per
+        layer and direction, differentiated by JAX), or ``"deer"`` / ``"quasi_deer"``:
+        every step at once by Newton iterations over associative scans with the full /
+        diagonal Jacobian (:func:`recurrent.deer.deer_unroll`), which fall back to the
+        scan when they do not converge and pay off only on parallel hardware. All agree
+        to float32 rounding (DEER to its tolerance, 1e-5)."""
+_LINEAR_IMPL_DOC = """``"parallel"`` (the log-space associative scan of
+        :func:`recurrent.minimal.parallel_unroll`) or ``"reference"`` (the sequential
+        scan over ``step``). They agree to float32 rounding."""
+_H_STATE = ("``h_0`` of shape ``(num_layers * num_directions, batch, hidden_size)``", "h_n",
+            "``h_n`` is")
+
+
+def _document(fn_name: str, state_in: str, state_out: str, state_desc: str,
+              impl_doc: str = _NONLINEAR_IMPL_DOC):
     def wrap(f):
         f.__doc__ += _LAYER_DOC.format(fn=fn_name, state_in=state_in, state_out=state_out,
-                                       state_desc=state_desc)
+                                       state_desc=state_desc, impl_doc=impl_doc)
         return f
 
     return wrap
@@ -209,8 +239,7 @@ def lstm(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, 
                       remat_chunk)
 
 
-@_document("gru", "``h_0`` of shape ``(num_layers * num_directions, batch, hidden_size)``",
-           "h_n", "``h_n`` is")
+@_document("gru", *_H_STATE)
 def gru(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, key=None,
         batch_first: bool = True, *, reset_after: bool = True, dtype=None, unroll: int = 1,
         impl: str = "fast", remat_chunk: int | None = None):
@@ -233,8 +262,7 @@ def gru(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, k
                       unroll, dtype, impl, remat_chunk)
 
 
-@_document("rnn", "``h_0`` of shape ``(num_layers * num_directions, batch, hidden_size)``",
-           "h_n", "``h_n`` is")
+@_document("rnn", *_H_STATE)
 def rnn(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, key=None,
         batch_first: bool = True, *, nonlinearity: str = "tanh", dtype=None,
         unroll: int = 1, impl: str = "fast", remat_chunk: int | None = None):
@@ -248,3 +276,54 @@ def rnn(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, k
     return _run_stack("rnn", lambda h: rnn_cell(h, nonlinearity=nonlinearity, dtype=dtype),
                       params, x, seq_lengths, initial_state, dropout, key, batch_first,
                       unroll, dtype, impl, remat_chunk)
+
+
+def init_mingru(key, input_size: int, hidden_size: int, num_layers: int = 1,
+                bidirectional: bool = False, **cell_options):
+    """Params of a stacked (bidirectional) minGRU (Feng et al. 2024): a tuple per layer of
+    ``MinGRUParams(w_ih (2H, I), b_ih (2H,))`` per direction. ``cell_options`` go to
+    :func:`recurrent.minimal.mingru_cell`."""
+    return _init_stack("mingru", mingru_cell(hidden_size, **cell_options), key, input_size,
+                       hidden_size, num_layers, bidirectional)
+
+
+def init_minlstm(key, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bidirectional: bool = False, **cell_options):
+    """Params of a stacked (bidirectional) minLSTM (Feng et al. 2024): a tuple per layer of
+    ``MinLSTMParams(w_ih (3H, I), b_ih (3H,))`` per direction."""
+    return _init_stack("minlstm", minlstm_cell(hidden_size, **cell_options), key, input_size,
+                       hidden_size, num_layers, bidirectional)
+
+
+@_document("mingru", *_H_STATE, impl_doc=_LINEAR_IMPL_DOC)
+def mingru(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, key=None,
+           batch_first: bool = True, *, dtype=None, unroll: int = 1, impl: str = "parallel"):
+    """A stacked (bidirectional) minGRU, evaluated in parallel over time by default::
+
+        h = initial_state
+        for t in range(time):
+            k_z, k_h = split(x[:, t] @ w_ih.T + b_ih, 2)
+            z = sigmoid(k_z)
+            h = (1 - z) * h + z * g(k_h)      # g(v) = v + 0.5 if v >= 0 else sigmoid(v)
+            y[:, t] = h
+    """
+    return _run_stack("mingru", lambda h: mingru_cell(h, dtype=dtype), params, x, seq_lengths,
+                      initial_state, dropout, key, batch_first, unroll, dtype, impl, None,
+                      impls=_LINEAR_IMPLS)
+
+
+@_document("minlstm", *_H_STATE, impl_doc=_LINEAR_IMPL_DOC)
+def minlstm(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, key=None,
+            batch_first: bool = True, *, dtype=None, unroll: int = 1, impl: str = "parallel"):
+    """A stacked (bidirectional) minLSTM, evaluated in parallel over time by default::
+
+        h = initial_state
+        for t in range(time):
+            k_f, k_i, k_h = split(x[:, t] @ w_ih.T + b_ih, 3)
+            f, i = sigmoid(k_f), sigmoid(k_i)
+            h = f / (f + i) * h + i / (f + i) * g(k_h)
+            y[:, t] = h
+    """
+    return _run_stack("minlstm", lambda h: minlstm_cell(h, dtype=dtype), params, x,
+                      seq_lengths, initial_state, dropout, key, batch_first, unroll, dtype,
+                      impl, None, impls=_LINEAR_IMPLS)

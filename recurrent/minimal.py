@@ -11,9 +11,10 @@ minLSTM  ``f, i = sigmoid(W_f x + b_f), sigmoid(W_i x + b_i)``;
          ``h' = f/(f+i) * h + i/(f+i) * g(W_h x + b_h)``
 =======  ==========================================================================
 
-Both are :class:`recurrent.cells.Cell` s (``step`` runs them one step at a time, e.g. for
-generation); :func:`parallel_unroll` runs a whole sequence at once and equals
-:func:`recurrent.unroll` over ``step``.
+Both are :class:`recurrent.cells.Cell` s with ``log_coeffs`` (``step`` runs them one step
+at a time, e.g. for generation); :func:`parallel_unroll` runs a whole sequence at once and
+equals :func:`recurrent.unroll` over ``step``. The layers are :func:`mingru` and
+:func:`minlstm` in :mod:`recurrent.layers`.
 """
 
 from __future__ import annotations
@@ -66,15 +67,8 @@ def _minlstm_log_coeffs(xp):
     return -jax.nn.softplus(diff), -jax.nn.softplus(-diff) + _log_g(k_h)
 
 
-class MinimalCell(NamedTuple):
-    """A :class:`Cell` plus ``log_coeffs(xp) -> (log_a, log_b)`` for the parallel scan."""
-
-    cell: Cell
-    log_coeffs: object
-
-
 def _minimal_cell(params_type, gates, log_coeffs, activations_of, hidden_size, bias,
-                  kernel_init, bias_init, param_dtype, dtype) -> MinimalCell:
+                  kernel_init, bias_init, param_dtype, dtype) -> Cell:
     default = uniform_init(1.0 / hidden_size**0.5)
     kernel_init, bias_init = kernel_init or default, bias_init or default
 
@@ -98,8 +92,8 @@ def _minimal_cell(params_type, gates, log_coeffs, activations_of, hidden_size, b
     def initial_carry(batch_shape, dtype=jnp.float32):
         return jnp.zeros((*batch_shape, hidden_size), dtype)
 
-    cell = Cell(init, project, step, initial_carry, activations, params_type, gates)
-    return MinimalCell(cell, log_coeffs)
+    return Cell(init, project, step, initial_carry, activations, params_type, gates,
+                dtype=dtype, log_coeffs=log_coeffs)
 
 
 def _mingru_activations(xp_t, h):
@@ -116,7 +110,7 @@ def _minlstm_activations(xp_t, h):
 
 
 def mingru_cell(hidden_size: int, *, bias: bool = True, kernel_init=None, bias_init=None,
-                param_dtype=jnp.float32, dtype=None) -> MinimalCell:
+                param_dtype=jnp.float32, dtype=None) -> Cell:
     """The minGRU cell: ``z = sigmoid(W_z x + b_z)``, ``h' = (1 - z) h + z g(W_h x + b_h)``.
 
     Params: ``MinGRUParams(w_ih (2H, I), b_ih (2H,))``, torch-style uniform init by default.
@@ -128,7 +122,7 @@ def mingru_cell(hidden_size: int, *, bias: bool = True, kernel_init=None, bias_i
 
 
 def minlstm_cell(hidden_size: int, *, bias: bool = True, kernel_init=None, bias_init=None,
-                 param_dtype=jnp.float32, dtype=None) -> MinimalCell:
+                 param_dtype=jnp.float32, dtype=None) -> Cell:
     """The minLSTM cell: ``f, i`` normalised to sum to one, ``h' = f h + i g(W_h x + b_h)``.
 
     Params: ``MinLSTMParams(w_ih (3H, I), b_ih (3H,))``. ``activations`` gives the normalised
@@ -145,7 +139,7 @@ def _combine(earlier, later):
     return log_a1 + log_a2, jnp.logaddexp(log_b1 + log_a2, log_b2)
 
 
-def parallel_unroll(minimal: MinimalCell, params, xs, carry=None, *, seq_lengths=None,
+def parallel_unroll(cell: Cell, params, xs, carry=None, *, seq_lengths=None,
                     reverse: bool = False, time_major: bool = False, unroll: int = 1):
     """Runs a minGRU/minLSTM over time in parallel; same contract as :func:`recurrent.unroll`.
 
@@ -156,7 +150,7 @@ def parallel_unroll(minimal: MinimalCell, params, xs, carry=None, *, seq_lengths
     common signature and has no effect.
 
     Args:
-      minimal: from :func:`mingru_cell` or :func:`minlstm_cell`.
+      cell: a cell with ``log_coeffs``: :func:`mingru_cell` or :func:`minlstm_cell`.
       params: its params.
       xs: ``(batch, time, input)``, or ``(time, batch, input)`` with ``time_major``.
       carry: ``(batch, hidden)`` initial state; zeros when ``None``.
@@ -167,12 +161,15 @@ def parallel_unroll(minimal: MinimalCell, params, xs, carry=None, *, seq_lengths
       ``time_major``), zero past each sequence's length.
     """
     del unroll
+    if cell.log_coeffs is None:
+        raise ValueError("parallel_unroll: the cell has no log_coeffs (its step is not a "
+                         "linear recurrence); use recurrent.unroll or deer_unroll")
     if not time_major:
         xs = jnp.swapaxes(xs, 0, 1)  # (batch, time, I) -> (time, batch, I)
     time, batch = xs.shape[:2]
     if carry is None:
-        carry = minimal.cell.initial_carry((batch,), carry_dtype(params))
-    xp = minimal.cell.project(params, xs)  # (time, batch, G*H)
+        carry = cell.initial_carry((batch,), carry_dtype(params))
+    xp = cell.project(params, xs)  # (time, batch, G*H)
     if reverse and seq_lengths is None:
         seq_lengths = jnp.full((batch,), time)
     if seq_lengths is not None:
@@ -180,7 +177,7 @@ def parallel_unroll(minimal: MinimalCell, params, xs, carry=None, *, seq_lengths
         if reverse:
             idx = reverse_index(lengths, time)  # (time, batch)
             xp = jnp.take_along_axis(xp, idx[:, :, None], axis=0)
-    log_a, log_b = minimal.log_coeffs(xp)  # each (time, batch, H)
+    log_a, log_b = cell.log_coeffs(xp)  # each (time, batch, H)
     if seq_lengths is not None:
         valid = (jnp.arange(time)[:, None] < lengths[None, :])[:, :, None]  # (time, batch, 1)
         log_a = jnp.where(valid, log_a, 0.0)  # past the length: h_t = 1 * h_{t-1} + 0

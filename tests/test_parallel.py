@@ -38,19 +38,19 @@ def test_min_cells_follow_the_paper():
     xs, h0 = _data()
     x, h = np.asarray(xs[:, 0], np.float64), np.asarray(h0, np.float64)
     gru = minimal.mingru_cell(H)
-    p = gru.cell.init(KEY, I)
+    p = gru.init(KEY, I)
     k = x @ np.asarray(p.w_ih, np.float64).T + np.asarray(p.b_ih)
     z = _sigmoid(k[:, :H])
     want = (1 - z) * h + z * _g(k[:, H:])
-    got, _ = gru.cell.step(p, h0, gru.cell.project(p, xs[:, 0]))
+    got, _ = gru.step(p, h0, gru.project(p, xs[:, 0]))
     np.testing.assert_allclose(got, want, atol=1e-6)
 
     lstm = minimal.minlstm_cell(H)
-    p = lstm.cell.init(KEY, I)
+    p = lstm.init(KEY, I)
     k = x @ np.asarray(p.w_ih, np.float64).T + np.asarray(p.b_ih)
     f, i = _sigmoid(k[:, :H]), _sigmoid(k[:, H:2 * H])
     want = f / (f + i) * h + i / (f + i) * _g(k[:, 2 * H:])
-    got, _ = lstm.cell.step(p, h0, lstm.cell.project(p, xs[:, 0]))
+    got, _ = lstm.step(p, h0, lstm.project(p, xs[:, 0]))
     np.testing.assert_allclose(got, want, atol=1e-6)
     assert p.w_ih.shape == (3 * H, I) and p.b_ih.shape == (3 * H,)
 
@@ -60,7 +60,7 @@ def test_min_cells_follow_the_paper():
 @pytest.mark.parametrize("lengths", [None, LENGTHS])
 def test_associative_scan_equals_sequential(make, reverse, lengths):
     m = make(H)
-    params = m.cell.init(KEY, I)
+    params = m.init(KEY, I)
     xs, h0 = _data()
 
     def run(unroll_fn, cell):
@@ -71,17 +71,17 @@ def test_associative_scan_equals_sequential(make, reverse, lengths):
         return jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(params, xs, h0)
 
     (_, par), par_grads = run(minimal.parallel_unroll, m)
-    (_, seq), seq_grads = run(recurrent.unroll, m.cell)
+    (_, seq), seq_grads = run(recurrent.unroll, m)
     _close(par, seq, 1e-5)
     _close(par_grads, seq_grads, 1e-4)
 
 
 def test_associative_scan_is_stable_on_long_sequences():
     m = minimal.mingru_cell(8)
-    params = m.cell.init(KEY, 2)
+    params = m.init(KEY, 2)
     xs = jax.random.normal(KEY, (2, 4096, 2))
     h_par, ys_par = jax.jit(lambda p, x: minimal.parallel_unroll(m, p, x))(params, xs)
-    h_seq, ys_seq = jax.jit(lambda p, x: recurrent.unroll(m.cell, p, x))(params, xs)
+    h_seq, ys_seq = jax.jit(lambda p, x: recurrent.unroll(m, p, x))(params, xs)
     assert np.isfinite(ys_par).all()
     np.testing.assert_allclose(ys_par, ys_seq, atol=1e-4, rtol=1e-4)
 
@@ -150,3 +150,51 @@ def test_deer_bad_options(opts, message):
     cell = recurrent.gru_cell(H)
     with pytest.raises(ValueError, match=message):
         deer_unroll(cell, cell.init(KEY, I), _data()[0], **opts)
+
+
+@pytest.mark.parametrize("kind", ["mingru", "minlstm"])
+def test_min_layers_parallel_equal_sequential(kind):
+    init, layer = getattr(recurrent, f"init_{kind}"), getattr(recurrent, kind)
+    params = init(KEY, I, H, num_layers=2, bidirectional=True)
+    xs, _ = _data()
+    h0 = jax.random.normal(KEY, (4, B, H))
+
+    def run(impl):
+        def loss(params, xs, h0):
+            y, h_n = layer(params, xs, LENGTHS, h0, impl=impl)
+            return jnp.sum(jnp.sin(y)) + jnp.sum(h_n**2), (y, h_n)
+
+        return jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(params, xs, h0)
+
+    (_, (y, h_n)), grads = run("parallel")
+    (_, want), want_grads = run("reference")
+    assert y.shape == (B, T, 2 * H) and h_n.shape == (4, B, H)
+    _close((y, h_n), want, 1e-5)
+    _close(grads, want_grads, 1e-4)
+    np.testing.assert_array_equal(y[2], 0)  # length 0: no valid step
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_deer_layers_equal_the_scan(kind):
+    params = getattr(recurrent, f"init_{kind}")(KEY, I, H, num_layers=2, bidirectional=True)
+    xs, _ = _data()
+    layer = getattr(recurrent, kind)
+    want = layer(params, xs, LENGTHS)
+    for impl in ("deer", "quasi_deer"):
+        _close(layer(params, xs, LENGTHS, impl=impl), want, 1e-4)
+
+
+def test_layer_impl_and_params_errors():
+    xs, _ = _data()
+    with pytest.raises(ValueError, match="mingru: impl must be one of 'parallel', 'reference'; "
+                                         "got 'fast'"):
+        recurrent.mingru(recurrent.init_mingru(KEY, I, H), xs, impl="fast")
+    with pytest.raises(ValueError, match="gru: impl must be one of 'fast', 'reference', 'deer', "
+                                         "'quasi_deer'; got 'parallel'"):
+        recurrent.gru(recurrent.init_gru(KEY, I, H), xs, impl="parallel")
+    with pytest.raises(TypeError, match=r"minlstm: params\[0\]\[0\] is MinGRUParams; expected "
+                                        r"MinLSTMParams"):
+        recurrent.minlstm(recurrent.init_mingru(KEY, I, H), xs)
+    with pytest.raises(ValueError, match="parallel_unroll: the cell has no log_coeffs"):
+        cell = recurrent.gru_cell(H)
+        minimal.parallel_unroll(cell, cell.init(KEY, I), xs)
