@@ -18,12 +18,7 @@ and versions. ``main(argv)`` is the entry point for ``python -m recurrent bench`
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
-import statistics
-import time
-from importlib.metadata import version
 from pathlib import Path
 
 import flax.linen as nn
@@ -34,14 +29,14 @@ import torch
 
 import recurrent
 
-RESULTS = Path(__file__).parent / "results"
+from common import RESULTS, machine, measure
+
 # (batch, time, input, hidden, layers, bidirectional)
 CONFIGS = [(32, 128, 64, 128, 1, False), (16, 512, 32, 64, 1, False),
            (64, 256, 128, 256, 1, False), (32, 128, 64, 128, 2, True)]
 QUICK_CONFIGS = [(8, 32, 16, 32, 1, False), (8, 32, 16, 32, 2, True)]
 MEMORY_CONFIG = (32, 4096, 64, 128)  # batch, time, input, hidden: one LSTM layer
 MEMORY_CHUNK = 64
-PAUSE_S = 0.05
 
 
 class _FlaxStack(nn.Module):
@@ -102,28 +97,6 @@ def _libraries(cell, config):
     return libs
 
 
-def _time_ms(fn):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    return (time.perf_counter() - start) * 1e3
-
-
-def _measure(libs, mode, repeats):
-    """Median ms per library; the libraries take turns within every repetition, in an order
-    that rotates, with a pause after each so that threads still spinning (torch's OpenMP
-    workers, XLA's Eigen pool) do not steal the cores of the next one."""
-    for fns in libs.values():  # compile and warm up
-        jax.block_until_ready(fns[mode]())
-        jax.block_until_ready(fns[mode]())
-    names = list(libs)
-    times = {name: [] for name in names}
-    for r in range(repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            time.sleep(PAUSE_S)
-            times[name].append(_time_ms(libs[name][mode]))
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 HEADER = ("| cell | B, T, I, H | layers × dirs | pass | torch | flax | recurrent "
           "| reference | recurrent / torch | recurrent / flax |\n"
           "|---|---|---|---|---|---|---|---|---|---|")
@@ -165,16 +138,7 @@ def _memory_table(time_steps):
 
 
 def _machine():
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f
-                         if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{model}, {os.cpu_count()} cores; jax {jax.__version__}, "
-            f"flax {version('flax')}, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads); {datetime.date.today()}")
+    return f"{machine()}; torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
 def main(argv=None):
@@ -194,7 +158,8 @@ def main(argv=None):
         for config in configs:
             libs = _libraries(cell, config)
             for mode in (0, 1):
-                rows.append(_row(cell, config, mode, _measure(libs, mode, args.repeats)))
+                ms = measure({name: fns[mode] for name, fns in libs.items()}, args.repeats)
+                rows.append(_row(cell, config, mode, ms))
                 print(rows[-1], flush=True)
     memory = _memory_table(256 if args.quick else 4096)
     print("\n".join(memory))

@@ -11,10 +11,7 @@ to ``benchmarks/results/parallel_<backend>.md``.
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
-import statistics
-import time
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -24,29 +21,18 @@ import recurrent
 from recurrent import minimal
 from recurrent.deer import deer_unroll
 
-RESULTS = Path(__file__).parent / "results"
+from common import RESULTS, machine, measure
 
 
-def _median_ms(fn, *args, repeats):
-    """Median wall time of ``fn(*args)`` in ms, after one call that compiles."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+def _forward_and_training(unroll_fn, params, xs):
+    """Zero-argument ``forward()`` and ``forward+backward()`` (gradient of ``sum(ys)``)."""
+    fwd = jax.jit(lambda p, x: unroll_fn(p, x)[1])
+    grad = jax.jit(jax.grad(lambda p, x: jnp.sum(unroll_fn(p, x)[1])))
+    return partial(fwd, params, xs), partial(grad, params, xs)
 
 
-def _forward_and_training(unroll_fn):
-    """Jitted ``forward(params, xs)`` and ``forward+backward(params, xs)`` of a sum loss."""
-    def loss(params, xs):
-        return jnp.sum(unroll_fn(params, xs)[1])
-
-    return jax.jit(lambda p, x: unroll_fn(p, x)[1]), jax.jit(jax.grad(loss))
-
-
-def _rows(batch, hidden, inputs):
+def _rows(hidden):
+    """``{name: (cell, sequential, parallel)}``, each ``unroll(params, xs) -> (carry, ys)``."""
     mingru = minimal.mingru_cell(hidden)
     gru = recurrent.gru_cell(hidden)
     return {
@@ -63,17 +49,16 @@ def run(lengths, batch, hidden, inputs, repeats):
     """Times every row at every length; returns a list of table rows."""
     table = []
     key = jax.random.PRNGKey(0)
-    for name, (cell, sequential, parallel) in _rows(batch, hidden, inputs).items():
+    for name, (cell, sequential, parallel) in _rows(hidden).items():
         params = cell.init(key, inputs)
         for time_steps in lengths:
             xs = jax.random.normal(key, (batch, time_steps, inputs))
+            seq = _forward_and_training(sequential, params, xs)
+            par = _forward_and_training(parallel, params, xs)
             row = [name, time_steps]
             for mode in (0, 1):  # forward, forward+backward
-                seq_ms = _median_ms(_forward_and_training(sequential)[mode], params, xs,
-                                    repeats=repeats)
-                par_ms = _median_ms(_forward_and_training(parallel)[mode], params, xs,
-                                    repeats=repeats)
-                row += [seq_ms, par_ms, par_ms / seq_ms]
+                ms = measure({"sequential": seq[mode], "parallel": par[mode]}, repeats)
+                row += [ms["sequential"], ms["parallel"], ms["parallel"] / ms["sequential"]]
             print(_format(row), flush=True)
             table.append(row)
     return table
@@ -101,15 +86,13 @@ def main(argv=None):
                         help="where to write the table (default benchmarks/results/)")
     args = parser.parse_args(argv)
     backend = jax.default_backend()
-    device = jax.devices()[0].device_kind
+    print(machine())
     print(HEADER)
     table = run(args.lengths, args.batch, args.hidden, args.inputs, args.repeats)
     text = (f"# Parallel in time vs sequential scan ({backend})\n\n"
-            f"- date: {datetime.date.today()}; device: {device}; "
-            f"machine: {platform.processor() or platform.machine()}, "
-            f"jax {jax.__version__}\n"
+            f"- machine: {machine()}\n"
             f"- batch {args.batch}, hidden {args.hidden}, inputs {args.inputs}; median of "
-            f"{args.repeats} runs after compilation; ratio = parallel / sequential\n"
+            f"{args.repeats} interleaved runs after warm-up; ratio = parallel / sequential\n"
             f"- command: `python benchmarks/bench_parallel.py`\n\n"
             + HEADER + "\n" + "\n".join(_format(r) for r in table) + "\n")
     out = args.out or RESULTS / f"parallel_{backend}.md"

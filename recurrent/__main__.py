@@ -123,6 +123,7 @@ def bench(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     what it imports is missing."""
     if not _BENCH.exists():
         parser.error(f"bench needs {_BENCH} from a source checkout of recurrent")
+    sys.path.insert(0, str(_BENCH.parent))  # for the scripts' shared benchmarks/common.py
     spec = importlib.util.spec_from_file_location("bench_cpu", _BENCH)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses (flax modules) look their module up

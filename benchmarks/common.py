@@ -1,0 +1,58 @@
+"""What every benchmark script shares: interleaved timing and a description of the machine."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import jax
+
+RESULTS = Path(__file__).parent / "results"
+PAUSE_S = 0.05
+
+
+def time_ms(fn) -> float:
+    """Wall time of one ``fn()`` in ms, waiting for JAX's asynchronous results."""
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    return (time.perf_counter() - start) * 1e3
+
+
+def measure(fns: dict, repeats: int) -> dict:
+    """Median ms of each zero-argument callable in ``fns``, after two warm-up calls each.
+
+    The callables take turns within every repetition, in an order that rotates, with a
+    pause before each so that threads still spinning (torch's OpenMP workers, XLA's Eigen
+    pool) do not steal the cores of the next one, and load from other processes hits all
+    of them alike.
+    """
+    for fn in fns.values():  # compile and warm up
+        jax.block_until_ready(fn())
+        jax.block_until_ready(fn())
+    names = list(fns)
+    times = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            time.sleep(PAUSE_S)
+            times[name].append(time_ms(fns[name]))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def machine() -> str:
+    """CPU model (or accelerator), core count, jax and flax versions and today's date."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f
+                         if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    device = jax.devices()[0]
+    where = model if device.platform == "cpu" else f"{device.device_kind} (host {model})"
+    return (f"{where}, {os.cpu_count()} cores; jax {jax.__version__}, "
+            f"flax {version('flax')}; {datetime.date.today()}")
