@@ -24,7 +24,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from recurrent.cells import Cell, _matmul, uniform_init
+from recurrent.cells import Cell, _cell_from, _project, _zeros_carry, uniform_init
 from recurrent.unroll import carry_dtype, reverse_index
 
 _LOG_ZERO = -1e30  # log of 0 that stays finite under addition, so gradients stay finite
@@ -67,7 +67,7 @@ def _minlstm_log_coeffs(xp):
     return -jax.nn.softplus(diff), -jax.nn.softplus(-diff) + _log_g(k_h)
 
 
-def _minimal_cell(params_type, gates, log_coeffs, activations_of, hidden_size, bias,
+def _minimal_cell(params_type, gates, log_coeffs, recurrence, hidden_size, bias,
                   kernel_init, bias_init, param_dtype, dtype) -> Cell:
     default = uniform_init(1.0 / hidden_size**0.5)
     kernel_init, bias_init = kernel_init or default, bias_init or default
@@ -79,30 +79,21 @@ def _minimal_cell(params_type, gates, log_coeffs, activations_of, hidden_size, b
         return params_type(w_ih, b_ih)
 
     def project(params, x):
-        xp = _matmul(x, params.w_ih, dtype)  # (..., gates*H)
-        return xp if params.b_ih is None else xp + params.b_ih
+        return _project(params, x, dtype, fold_b_hh=False)  # (..., gates*H)
 
-    def activations(params, carry, xp_t):
-        return activations_of(xp_t, carry)
-
-    def step(params, carry, xp_t):
-        h = activations_of(xp_t, carry)["h"]
-        return h, h
-
-    def initial_carry(batch_shape, dtype=jnp.float32):
-        return jnp.zeros((*batch_shape, hidden_size), dtype)
-
-    return Cell(init, project, step, initial_carry, activations, params_type, gates,
-                dtype=dtype, log_coeffs=log_coeffs)
+    activations, step = _cell_from(recurrence, ("h",), dtype)
+    return Cell(init, project, step, _zeros_carry(hidden_size, pair=False), activations,
+                params_type, gates, dtype=dtype, log_coeffs=log_coeffs)
 
 
-def _mingru_activations(xp_t, h):
+# The recurrences below have no recurrent weights: ``matmul`` and ``act`` go unused.
+def _mingru_recurrence(params, h, xp_t, matmul, act):
     k_z, k_h = jnp.split(xp_t, 2, axis=-1)
     z, h_tilde = jax.nn.sigmoid(k_z), _g(k_h)
     return dict(z=z, h_tilde=h_tilde, h=(1 - z) * h + z * h_tilde)
 
 
-def _minlstm_activations(xp_t, h):
+def _minlstm_recurrence(params, h, xp_t, matmul, act):
     k_f, k_i, k_h = jnp.split(xp_t, 3, axis=-1)
     f, i, h_tilde = jax.nn.sigmoid(k_f), jax.nn.sigmoid(k_i), _g(k_h)
     f, i = f / (f + i), i / (f + i)
@@ -117,7 +108,7 @@ def mingru_cell(hidden_size: int, *, bias: bool = True, kernel_init=None, bias_i
     ``activations`` gives ``z, h_tilde, h``. Other arguments as in
     :func:`recurrent.cells.lstm_cell`.
     """
-    return _minimal_cell(MinGRUParams, 2, _mingru_log_coeffs, _mingru_activations,
+    return _minimal_cell(MinGRUParams, 2, _mingru_log_coeffs, _mingru_recurrence,
                          hidden_size, bias, kernel_init, bias_init, param_dtype, dtype)
 
 
@@ -128,7 +119,7 @@ def minlstm_cell(hidden_size: int, *, bias: bool = True, kernel_init=None, bias_
     Params: ``MinLSTMParams(w_ih (3H, I), b_ih (3H,))``. ``activations`` gives the normalised
     ``f, i``, ``h_tilde`` and ``h``.
     """
-    return _minimal_cell(MinLSTMParams, 3, _minlstm_log_coeffs, _minlstm_activations,
+    return _minimal_cell(MinLSTMParams, 3, _minlstm_log_coeffs, _minlstm_recurrence,
                          hidden_size, bias, kernel_init, bias_init, param_dtype, dtype)
 
 
