@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from recurrent.cells import Cell
-from recurrent.unroll import carry_dtype, reverse_index
+from recurrent.unroll import project_time_major, reverse_index
 from recurrent.unroll import unroll as sequential_unroll
 
 
@@ -156,10 +156,8 @@ def deer_unroll(cell: Cell, params, xs, carry=None, *, seq_lengths=None,
         raise ValueError(f"deer_unroll: damping must be in [0, 1); got {damping!r}")
     if not time_major:
         xs = jnp.swapaxes(xs, 0, 1)  # (batch, time, I) -> (time, batch, I)
-    time, batch = xs.shape[:2]
-    if carry is None:
-        carry = cell.initial_carry((batch,), carry_dtype(params))
-    xp = cell.project(params, xs)  # (time, batch, G*H)
+    xp, carry = project_time_major(cell, params, xs, carry, time_major=True)
+    time, batch = xp.shape[:2]
     lengths = jnp.full((batch,), time) if seq_lengths is None else jnp.clip(seq_lengths, 0, time)
     valid = jnp.arange(time)[:, None] < lengths[None, :]  # (time, batch)
     if reverse:

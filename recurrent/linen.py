@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from recurrent import cells, checks, layers
+from recurrent.unroll import state_dtype
 
 
 class _Stack(nn.Module):
@@ -156,7 +157,7 @@ class _Cell(nn.RNNCellBase):
         """Zeros for inputs of shape ``(*batch, input_size)``; ``rng`` is unused."""
         del rng
         checks.check_size(type(self).__name__, "hidden_size", self.hidden_size)
-        dtype = jnp.promote_types(self.param_dtype, jnp.float32)
+        dtype = state_dtype(self.param_dtype)
         return self._cell().initial_carry(tuple(input_shape[:-1]), dtype)
 
     @property

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from recurrent.cells import Cell, _cell_from, _project, _zeros_carry, uniform_init
-from recurrent.unroll import carry_dtype, reverse_index
+from recurrent.unroll import project_time_major, reverse_index
 
 _LOG_ZERO = -1e30  # log of 0 that stays finite under addition, so gradients stay finite
 
@@ -155,12 +155,8 @@ def parallel_unroll(cell: Cell, params, xs, carry=None, *, seq_lengths=None,
     if cell.log_coeffs is None:
         raise ValueError("parallel_unroll: the cell has no log_coeffs (its step is not a "
                          "linear recurrence); use recurrent.unroll or deer_unroll")
-    if not time_major:
-        xs = jnp.swapaxes(xs, 0, 1)  # (batch, time, I) -> (time, batch, I)
-    time, batch = xs.shape[:2]
-    if carry is None:
-        carry = cell.initial_carry((batch,), carry_dtype(params))
-    xp = cell.project(params, xs)  # (time, batch, G*H)
+    xp, carry = project_time_major(cell, params, xs, carry, time_major)
+    time, batch = xp.shape[:2]
     if reverse and seq_lengths is None:
         seq_lengths = jnp.full((batch,), time)
     if seq_lengths is not None:

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from recurrent import cells, checks, layers
+from recurrent.unroll import state_dtype
 
 
 def _is_variable(x) -> bool:
@@ -244,7 +245,7 @@ class _Cell(nnx.RNNCellBase):
     def initialize_carry(self, input_shape: tuple[int, ...], rngs=None):
         """Zeros for inputs of shape ``(*batch, input_size)``; ``rngs`` is unused."""
         del rngs
-        dtype = jnp.promote_types(self.param_dtype, jnp.float32)
+        dtype = state_dtype(self.param_dtype)
         return self._cell().initial_carry(tuple(input_shape[:-1]), dtype)
 
     @property

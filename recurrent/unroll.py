@@ -8,9 +8,24 @@ import jax.numpy as jnp
 from recurrent.cells import Cell
 
 
+def state_dtype(param_dtype):
+    """The carry's dtype for params of ``param_dtype``: never below float32 (bf16 carries f32)."""
+    return jnp.promote_types(param_dtype, jnp.float32)
+
+
 def carry_dtype(params):
-    """The carry's dtype: the params' float dtype, never below float32 (bf16 carries f32)."""
-    return jnp.promote_types(params.w_ih.dtype, jnp.float32)
+    """The carry's dtype for ``params``: :func:`state_dtype` of their ``w_ih``."""
+    return state_dtype(params.w_ih.dtype)
+
+
+def project_time_major(cell: Cell, params, xs, carry, time_major: bool):
+    """What every way of running a cell over time starts with: the projected inputs
+    ``xp (time, batch, G*H)``, time first, and the carry (zeros when ``None``)."""
+    if not time_major:
+        xs = jnp.swapaxes(xs, 0, 1)  # (batch, time, I) -> (time, batch, I)
+    if carry is None:
+        carry = cell.initial_carry((xs.shape[1],), carry_dtype(params))
+    return cell.project(params, xs), carry  # (time, batch, G*H)
 
 
 def reverse_index(seq_lengths: jax.Array, time: int) -> jax.Array:
@@ -60,12 +75,8 @@ def unroll(cell: Cell, params, xs: jax.Array, carry=None, *, seq_lengths=None,
       ``(time, batch, hidden)`` with ``time_major``; ``ys[b, t]`` is the output at input
       position ``t`` whichever the direction.
     """
-    if not time_major:
-        xs = jnp.swapaxes(xs, 0, 1)  # (batch, time, I) -> (time, batch, I)
-    time, batch = xs.shape[:2]
-    if carry is None:
-        carry = cell.initial_carry((batch,), carry_dtype(params))
-    xp = cell.project(params, xs)  # (time, batch, G*H)
+    xp, carry = project_time_major(cell, params, xs, carry, time_major)
+    time = xp.shape[0]
 
     def step(carry, xp_t):
         new_carry, y_t = cell.step(params, carry, xp_t)
