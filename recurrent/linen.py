@@ -134,6 +134,22 @@ class RNN(_Stack):
         return layers.init_rnn, layers.rnn, {"nonlinearity": self.nonlinearity}
 
 
+class MinGRU(_Stack):
+    """minGRU (Feng et al. 2024) as a Linen module around :func:`recurrent.mingru`, run in
+    parallel over time; attributes as :class:`LSTM`. The state is ``h``."""
+
+    def _functions(self):
+        return layers.init_mingru, layers.mingru, {}
+
+
+class MinLSTM(_Stack):
+    """minLSTM (Feng et al. 2024) as a Linen module around :func:`recurrent.minlstm`, run in
+    parallel over time; attributes as :class:`LSTM`. The state is ``h``."""
+
+    def _functions(self):
+        return layers.init_minlstm, layers.minlstm, {}
+
+
 class _Cell(nn.RNNCellBase):
     """One time step of a functional cell, in Flax's cell protocol."""
 

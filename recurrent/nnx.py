@@ -210,6 +210,22 @@ class RNN(_Stack):
         return {"nonlinearity": self.nonlinearity}
 
 
+class MinGRU(_Stack):
+    """minGRU (Feng et al. 2024) as an NNX module around :func:`recurrent.mingru`, run in
+    parallel over time; arguments as :class:`LSTM`. The state is ``h``."""
+
+    _init = staticmethod(layers.init_mingru)
+    _layer = staticmethod(layers.mingru)
+
+
+class MinLSTM(_Stack):
+    """minLSTM (Feng et al. 2024) as an NNX module around :func:`recurrent.minlstm`, run in
+    parallel over time; arguments as :class:`LSTM`. The state is ``h``."""
+
+    _init = staticmethod(layers.init_minlstm)
+    _layer = staticmethod(layers.minlstm)
+
+
 class _Cell(nnx.RNNCellBase):
     """One time step of a functional cell, in Flax NNX's cell protocol."""
 

@@ -198,3 +198,21 @@ def test_layer_impl_and_params_errors():
     with pytest.raises(ValueError, match="parallel_unroll: the cell has no log_coeffs"):
         cell = recurrent.gru_cell(H)
         minimal.parallel_unroll(cell, cell.init(KEY, I), xs)
+
+
+@pytest.mark.parametrize("kind", ["MinGRU", "MinLSTM"])
+def test_flax_modules_wrap_the_min_layers(kind):
+    from flax import nnx
+
+    xs, _ = _data()
+    layer = getattr(recurrent, kind.lower())
+    linen_model = getattr(recurrent.linen, kind)(H, num_layers=2, bidirectional=True)
+    variables = linen_model.init(KEY, xs)
+    y, h_n = linen_model.apply(variables, xs, LENGTHS, return_state=True)
+    want_y, want_h = layer(variables["params"]["layers"], xs, LENGTHS)
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(h_n, want_h)
+
+    nnx_model = getattr(recurrent.nnx, kind)(I, H, rngs=nnx.Rngs(0))
+    np.testing.assert_array_equal(nnx_model(xs, LENGTHS), layer(nnx_model.get_params(), xs,
+                                                                 LENGTHS)[0])
