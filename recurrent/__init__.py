@@ -25,6 +25,7 @@ from recurrent.layers import lstm as lstm
 from recurrent.layers import mingru as mingru
 from recurrent.layers import minlstm as minlstm
 from recurrent.layers import rnn as rnn
+from recurrent.tbptt import truncated_bptt as truncated_bptt
 from recurrent.unroll import unroll as unroll
 
 __version__ = "0.1.0"
