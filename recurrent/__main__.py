@@ -48,8 +48,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_defaults_table(), formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("--dataset", choices=list(TASKS), default="digits",
                        help="what to learn (default digits; see below)")
-    train.add_argument("--model", choices=["lstm", "gru", "rnn"], default="lstm",
-                       help="the recurrent layer (default lstm; rnn is a tanh RNN)")
+    train.add_argument("--model", choices=list(training.LAYERS), default="lstm",
+                       help="the recurrent layer (default lstm; rnn is a tanh RNN; mingru and "
+                            "minlstm run in parallel over time)")
     train.add_argument("--bidirectional", action="store_true",
                        help="run a backward direction too (not for pysource)")
     train.add_argument("--layers", type=int, default=1, help="stacked layers (default 1)")

@@ -20,6 +20,8 @@ LAYERS = {
     "lstm": (layers.init_lstm, layers.lstm),
     "gru": (layers.init_gru, layers.gru),
     "rnn": (layers.init_rnn, layers.rnn),
+    "mingru": (layers.init_mingru, layers.mingru),
+    "minlstm": (layers.init_minlstm, layers.minlstm),
 }
 
 

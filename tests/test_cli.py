@@ -49,6 +49,8 @@ def test_default_train_learns_the_digits(capsys, tmp_path):
      r"test bits per character: \d+\.\d+", []),
     (["--dataset", "adding", "--model", "rnn", "--length", "20", "--bidirectional"],
      r"test mse: \d+\.\d+ \(always predicting 1: 0\.1\d+\)", []),
+    (["--dataset", "digits", "--model", "minlstm", "--layers", "2"],
+     r"test accuracy: \d\.\d{3}", []),
 ])
 def test_every_dataset_reports_its_metric(capsys, tmp_path, argv, metric, files):
     out = _run(capsys, "train", *argv, "--steps", "3", "--out", str(tmp_path)).out
