@@ -73,6 +73,21 @@ def digits(args, out: Path) -> Result:
     return Result(params, losses, [], [f"test accuracy: {accuracy:.3f}"])
 
 
+def _regression(args, input_size: int):
+    """``(params, predict, loss)`` of a network with one output: ``predict(params, x)``
+    maps ``x (batch, time, input_size)`` to ``(batch,)``, ``loss`` is its mean squared error."""
+    params = train.init_network(jax.random.PRNGKey(args.seed), args.model, input_size,
+                                args.hidden, args.layers, args.bidirectional, out_features=1)
+
+    def predict(params, x):  # (batch, time, input_size) -> (batch,)
+        return train.head(params, train.encode(args.model, params, x)[1])[:, 0]
+
+    def loss(params, x, y):
+        return jnp.mean((predict(params, x) - y) ** 2)
+
+    return params, predict, loss
+
+
 def co2(args, out: Path) -> Result:
     """Forecasts next month's Mauna Loa CO2 from the ``--length`` months before it; the
     last fifth of the record (1993-2001) is the test set.
@@ -92,14 +107,7 @@ def co2(args, out: Path) -> Result:
     train_x, test_x = inputs[:-n_test], inputs[-n_test:]
     train_y = targets[:-n_test]
 
-    params = train.init_network(jax.random.PRNGKey(args.seed), args.model, 1, args.hidden,
-                                args.layers, args.bidirectional, out_features=1)
-
-    def predict(params, x):  # (batch, length, 1) -> (batch,)
-        return train.head(params, train.encode(args.model, params, x)[1])[:, 0]
-
-    def loss(params, x, y):
-        return jnp.mean((predict(params, x) - y) ** 2)
+    params, predict, loss = _regression(args, input_size=1)
 
     batches = train.shuffled(np.random.default_rng(args.seed), args.batch_size, train_x,
                              train_y)
@@ -193,14 +201,7 @@ def adding(args, out: Path) -> Result:
     Every batch is freshly drawn; an epoch is 10,000 sequences."""
     rng = np.random.default_rng(args.seed)
     test_x, test_y = data.adding(1000, args.length, np.random.default_rng(args.seed + 1))
-    params = train.init_network(jax.random.PRNGKey(args.seed), args.model, 2, args.hidden,
-                                args.layers, args.bidirectional, out_features=1)
-
-    def predict(params, x):  # (batch, length, 2) -> (batch,)
-        return train.head(params, train.encode(args.model, params, x)[1])[:, 0]
-
-    def loss(params, x, y):
-        return jnp.mean((predict(params, x) - y) ** 2)
+    params, predict, loss = _regression(args, input_size=2)
 
     def batches():
         while True:
