@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from recurrent import checks, fast
 from recurrent.cells import Cell, gru_cell, lstm_cell, rnn_cell
 from recurrent.deer import deer_unroll
+from recurrent.kernels import layer as kernel_layer
 from recurrent.minimal import mingru_cell, minlstm_cell, parallel_unroll
 from recurrent.unroll import carry_dtype, unroll
 
@@ -24,12 +25,14 @@ from recurrent.unroll import carry_dtype, unroll
 # through recurrent.fast instead, for cells with ``recurrence``.
 _UNROLLS = {
     "fast": unroll,
+    "xla": unroll,
+    "pallas": unroll,
     "reference": unroll,
     "deer": partial(deer_unroll, jacobian="full"),
     "quasi_deer": partial(deer_unroll, jacobian="diagonal"),
     "parallel": parallel_unroll,
 }
-_NONLINEAR_IMPLS = ("fast", "reference", "deer", "quasi_deer")
+_NONLINEAR_IMPLS = ("fast", "xla", "pallas", "reference", "deer", "quasi_deer")
 _LINEAR_IMPLS = ("parallel", "reference")
 
 
@@ -49,7 +52,7 @@ def _init_stack(fn: str, cell: Cell, key, input_size, hidden_size, num_layers,
 
 def _run_stack(fn: str, make_cell: Callable[[int], Cell], params, x, seq_lengths,
                initial_state, dropout, key, batch_first, unroll_steps, dtype, impl,
-               remat_chunk, impls=_NONLINEAR_IMPLS):
+               remat_chunk, impls=_NONLINEAR_IMPLS, kernel=None):
     """Checks the arguments, then runs every layer and direction; returns ``(y, state)``."""
     if impl not in impls:
         raise ValueError(f"{fn}: impl must be one of {', '.join(map(repr, impls))}; "
@@ -76,9 +79,13 @@ def _run_stack(fn: str, make_cell: Callable[[int], Cell], params, x, seq_lengths
         else:
             checks.check_state(fn, "initial_state", initial_state, state_shape)
 
-    if impl == "fast" and cell.recurrence is not None:
+    if impl in ("fast", "xla", "pallas") and cell.recurrence is not None:
+        configs = [None if remat_chunk is not None and impl != "pallas" else
+                   kernel_layer.configure(kernel, impl, layer, batch, dtype)
+                   for layer in params]
         out, state = _run_fast(cell, params, x, seq_lengths, initial_state, dropout, key,
-                               batch_first, unroll_steps, remat_chunk, pair, num_dirs)
+                               batch_first, unroll_steps, remat_chunk, pair, num_dirs,
+                               configs)
         return (out if dtype is None else out.astype(dtype)), state
 
     out, finals = x, []
@@ -106,9 +113,10 @@ def _run_stack(fn: str, make_cell: Callable[[int], Cell], params, x, seq_lengths
 
 
 def _run_fast(cell, params, x, seq_lengths, initial_state, dropout, key, batch_first,
-              unroll_steps, remat_chunk, pair, num_dirs):
-    """The stack by :func:`recurrent.fast.run_layer`, time-major from the first layer to the
-    last; returns ``(y, state)`` as the reference loop of :func:`_run_stack` does."""
+              unroll_steps, remat_chunk, pair, num_dirs, configs):
+    """The stack by :func:`recurrent.fast.run_layer`, or by the GPU kernels' run_layer
+    where a layer's ``configs`` entry is not ``None``, time-major from the first layer to
+    the last; returns ``(y, state)`` as the reference loop of :func:`_run_stack` does."""
     out = jnp.swapaxes(x, 0, 1) if batch_first else x  # (batch, T, I) -> (T, batch, I)
     time, batch = out.shape[:2]
     finals = []
@@ -118,8 +126,12 @@ def _run_fast(cell, params, x, seq_lengths, initial_state, dropout, key, batch_f
         else:  # leaves (L*D, batch, H) -> (D, batch, H)
             carry = jax.tree.map(lambda s: s[l * num_dirs:(l + 1) * num_dirs].astype(
                 carry_dtype(layer[0])), tuple(initial_state) if pair else initial_state)
-        out, carry = fast.run_layer(cell, layer, out, carry, seq_lengths, unroll=unroll_steps,
-                                    remat_chunk=remat_chunk)  # (T, batch, D*H)
+        if configs[l] is None:
+            out, carry = fast.run_layer(cell, layer, out, carry, seq_lengths,
+                                        unroll=unroll_steps, remat_chunk=remat_chunk)
+        else:
+            out, carry = kernel_layer.run_layer(cell, configs[l], layer, out, carry,
+                                                seq_lengths)  # (T, batch, D*H)
         finals.append(carry)
         if dropout > 0 and l < len(params) - 1:  # the reference's mask, drawn batch-first
             key, sub = jax.random.split(key)
@@ -147,10 +159,11 @@ _LAYER_DOC = """
         they accumulate in float32, the state stays float32 and ``y`` is cast to ``dtype``.
       unroll: scan steps per loop iteration (``jax.lax.scan``'s ``unroll``).
       impl: {impl_doc}
-      remat_chunk: with ``impl="fast"``, rematerialise the scan in chunks of this many
+      remat_chunk: with ``impl="fast"`` or ``"xla"``, rematerialise the scan in chunks of this many
         steps: training memory then grows with ``time`` only through the layer's inputs
         and outputs, at the cost of running the forward pass twice. ``None``: store every
-        step. Ignored by the other ``impl`` s.
+        step (on a GPU this also keeps ``"fast"`` on the XLA scan). Ignored by the other
+        ``impl`` s.
 
     Returns:
       ``(y, {state_out})``: ``y`` is ``(batch, time, num_directions * hidden_size)``
@@ -159,13 +172,18 @@ _LAYER_DOC = """
 """
 
 
-_NONLINEAR_IMPL_DOC = """``"fast"`` (both directions in one scan with a hand-written VJP, see
-        :mod:`recurrent.fast`), ``"reference"`` (one :func:`recurrent.unroll.unroll` per
-        layer and direction, differentiated by JAX), or ``"deer"`` / ``"quasi_deer"``:
-        every step at once by Newton iterations over associative scans with the full /
-        diagonal Jacobian (:func:`recurrent.deer.deer_unroll`), which fall back to the
-        scan when they do not converge and pay off only on parallel hardware. All agree
-        to float32 rounding (DEER to its tolerance, 1e-5)."""
+_NONLINEAR_IMPL_DOC = """``"fast"`` (the default: on a GPU, the persistent Pallas kernel of
+        :mod:`recurrent.kernels` for the LSTM and the GRU up to ``hidden_size`` 256, where it
+        measured faster, else ``"xla"``),
+        ``"xla"`` (both directions in one scan with a hand-written VJP, see
+        :mod:`recurrent.fast`), ``"pallas"`` (always the kernel; in interpret mode, slowly,
+        off GPU; ``ValueError`` where the sizes do not fit), ``"reference"`` (one
+        :func:`recurrent.unroll.unroll` per layer and direction, differentiated by JAX), or
+        ``"deer"`` / ``"quasi_deer"``: every step at once by Newton iterations over
+        associative scans with the full / diagonal Jacobian
+        (:func:`recurrent.deer.deer_unroll`), which fall back to the scan when they do not
+        converge and pay off only on parallel hardware. All agree to float32 rounding (DEER
+        to its tolerance, 1e-5)."""
 _LINEAR_IMPL_DOC = """``"parallel"`` (the log-space associative scan of
         :func:`recurrent.minimal.parallel_unroll`) or ``"reference"`` (the sequential
         scan over ``step``). They agree to float32 rounding."""
@@ -236,7 +254,7 @@ def lstm(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, 
     """
     return _run_stack("lstm", lambda h: lstm_cell(h, dtype=dtype), params, x, seq_lengths,
                       initial_state, dropout, key, batch_first, unroll, dtype, impl,
-                      remat_chunk)
+                      remat_chunk, kernel="lstm")
 
 
 @_document("gru", *_H_STATE)
@@ -259,7 +277,7 @@ def gru(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, k
     """
     return _run_stack("gru", lambda h: gru_cell(h, reset_after=reset_after, dtype=dtype),
                       params, x, seq_lengths, initial_state, dropout, key, batch_first,
-                      unroll, dtype, impl, remat_chunk)
+                      unroll, dtype, impl, remat_chunk, kernel="gru" if reset_after else None)
 
 
 @_document("rnn", *_H_STATE)

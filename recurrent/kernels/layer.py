@@ -1,0 +1,154 @@
+"""One LSTM or GRU layer through the persistent kernels, with its VJP.
+
+:func:`run_layer` has :func:`recurrent.fast.run_layer`'s contract: the same inputs and
+outputs, computed by :mod:`recurrent.kernels.persistent` instead of an XLA scan. The input
+projection of every step (both directions in one batched matmul) stays in XLA; the
+kernels run the recurrence; the weight gradient is one matmul over all steps.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from recurrent.cells import Cell, GRUParams, LSTMParams
+from recurrent.kernels import persistent
+from recurrent.unroll import reverse_index
+
+_PARAMS = {"lstm": LSTMParams, "gru": GRUParams}
+# impl="fast" takes the kernel up to this hidden size: on an H100 it matched the XLA path's
+# forward and beat its training step (0.71-0.96x) at H=256, and lost at H=512 (1.1-1.4x)
+# and H=1024 (1.8-2.4x); benchmarks/results/gpu.md.
+AUTO_MAX_HIDDEN = 256
+_HIGHEST = ("highest", "float32")  # jax_default_matmul_precision values that rule out TF32
+
+
+class Config(NamedTuple):
+    """What a kernel launch is compiled for (hashable: the custom VJP's static argument)."""
+
+    kind: str
+    plan: persistent.Plan
+    dtype: object  # the matmuls' operand dtype, or None: float32 at ``precision``
+    precision: jax.lax.Precision
+    interpret: bool
+
+
+def _precision():
+    """TF32 unless ``jax_default_matmul_precision`` asks for full float32, as XLA's dots."""
+    chosen = jax.config.jax_default_matmul_precision
+    highest = chosen is not None and str(chosen).lower() in _HIGHEST
+    return jax.lax.Precision.HIGHEST if highest else jax.lax.Precision.DEFAULT
+
+
+def configure(kind: str | None, impl: str, layer, batch: int, dtype) -> Config | None:
+    """The kernel configuration for one layer, or ``None`` for the XLA path.
+
+    ``impl="fast"`` takes the kernel on a GPU when the sizes fit and ``hidden_size <=
+    AUTO_MAX_HIDDEN`` (where it measured faster); ``"pallas"`` always takes it (interpret
+    mode off GPU) and raises ``ValueError`` when they do not fit; ``"xla"`` never does.
+    Only the plain LSTM and the GRU in torch's form (``kind``) have kernels.
+    """
+    if impl == "pallas" and kind is None:
+        raise ValueError("impl='pallas': the kernels run the LSTM and the GRU with "
+                         "reset_after=True only")
+    if impl == "xla" or kind is None:
+        return None
+    p = layer[0]
+    plain = type(p) is _PARAMS[kind] and p.w_ih.dtype in (jnp.float32, jnp.bfloat16)
+    on_gpu = jax.default_backend() == "gpu"
+    hidden = p.w_hh.shape[-1]
+    if impl == "fast" and not (on_gpu and plain and hidden <= AUTO_MAX_HIDDEN):
+        return None
+    if not plain:
+        raise ValueError(f"impl='pallas' runs only the plain {kind.upper()} with float32 or "
+                         f"bfloat16 params; got {type(p).__name__} of {p.w_ih.dtype}")
+    cores = jax.devices()[0].core_count if on_gpu else 1 << 30
+    tiling = persistent.plan(kind, len(layer), batch, hidden, cores)
+    if tiling is None:
+        if impl == "fast":
+            return None
+        raise ValueError(f"impl='pallas': no kernel tiling fits hidden_size={hidden}, "
+                         f"batch={batch}, {len(layer)} direction(s) (hidden_size must be a "
+                         f"multiple of {persistent.MIN_BLOCK}, and the blocks must fit the "
+                         f"GPU at once)")
+    return Config(kind, tiling, None if dtype is None else jnp.dtype(dtype), _precision(),
+                  not on_gpu)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _recurrence(config: Config, xp, w_hh, b_hn, h0, c0, lengths):
+    """``(hs (T, D, B, H), c_n (D, B, H))``: the state after every step, and the LSTM's last
+    cell state (zeros for the GRU)."""
+    return _forward(config, xp, w_hh, b_hn, h0, c0, lengths)[0]
+
+
+def _forward(config, xp, w_hh, b_hn, h0, c0, lengths):
+    w_t = jnp.swapaxes(_cast(w_hh, config), 1, 2)  # (D, G*H, H) -> (D, H, G*H)
+    hbuf, cbuf, acts, _ = persistent.forward(
+        config.kind, config.plan, lengths, xp, w_t, b_hn, h0, c0, dtype=config.dtype,
+        precision=config.precision, interpret=config.interpret)
+    return (hbuf[1:], cbuf[-1]), (w_hh, acts, hbuf, cbuf, lengths)
+
+
+def _cast(w, config):
+    return w if config.dtype is None else w.astype(config.dtype)
+
+
+def _backward(config, residuals, cotangents):
+    w_hh, acts, hbuf, cbuf, lengths = residuals
+    d_hs, d_cn = cotangents
+    dm, dxn, d_pass, dc0, _ = persistent.backward(
+        config.kind, config.plan, lengths, _cast(w_hh, config), acts, hbuf, cbuf, d_hs, d_cn,
+        dtype=config.dtype, precision=config.precision, interpret=config.interpret)
+    hidden = hbuf.shape[-1]
+    precision = jax.lax.Precision.HIGHEST if config.precision == jax.lax.Precision.HIGHEST \
+        else None
+    d_w = jnp.einsum("tdbg,tdbh->dgh", dm, hbuf[:-1], precision=precision)  # one matmul
+    dh0 = d_pass + jnp.einsum("dbg,dgh->dbh", dm[0], w_hh, precision=precision)
+    if config.kind == "gru":
+        d_xp = jnp.concatenate([dm[..., :2 * hidden], dxn], axis=-1)
+        d_bhn = jnp.sum(dm[..., 2 * hidden:], axis=(0, 2))  # (D, H)
+    else:
+        d_xp, d_bhn = dm, jnp.zeros((w_hh.shape[0], hidden), jnp.float32)
+    return d_xp, d_w.astype(w_hh.dtype), d_bhn, dh0, dc0, None
+
+
+_recurrence.defvjp(_forward, _backward)
+
+
+def run_layer(cell: Cell, config: Config, layer, xs, carry, seq_lengths=None):
+    """One layer of ``D`` directions over time-major ``xs (time, batch, input)`` from
+    ``carry`` (leaves ``(D, batch, H)``); returns ``(ys (time, batch, D*H), carry)`` as
+    :func:`recurrent.fast.run_layer`."""
+    num_dirs = len(layer)
+    time, batch = xs.shape[:2]
+    hidden = layer[0].w_hh.shape[-1]
+    stacked = jax.tree.map(lambda *p: jnp.stack(p), *layer)  # leaves (D, ...)
+    if seq_lengths is None:
+        lengths = jnp.full((batch,), time, jnp.int32)
+        reorder = lambda v: v[::-1]  # noqa: E731
+    else:
+        lengths = jnp.clip(seq_lengths, 0, time).astype(jnp.int32)
+        idx = reverse_index(lengths, time)[:, :, None]  # (T, batch, 1)
+        reorder = lambda v: jnp.take_along_axis(v, idx, axis=0)  # noqa: E731
+    order = jnp.stack([xs, reorder(xs)], axis=1) if num_dirs == 2 else xs[:, None]
+    pad = config.plan.batch - batch  # padded rows have length 0: they never change
+    order = jnp.pad(order, ((0, 0), (0, 0), (0, pad), (0, 0)))  # (T, D, Bp, I)
+    xp = jax.vmap(cell.project, in_axes=(0, 1), out_axes=1)(stacked, order)  # (T, D, Bp, G*H)
+    h0, c0 = carry if config.kind == "lstm" else (carry, jnp.zeros_like(carry))
+    h0, c0 = (jnp.pad(s.astype(jnp.float32), ((0, 0), (0, pad), (0, 0))) for s in (h0, c0))
+    b_hn = (jnp.zeros((num_dirs, hidden), jnp.float32)
+            if config.kind == "lstm" or stacked.b_hh is None else stacked.b_hh[:, 2 * hidden:])
+    hs, c_n = _recurrence(config, xp.astype(jnp.float32), stacked.w_hh,
+                          b_hn.astype(jnp.float32), h0, c0, jnp.pad(lengths, (0, pad)))
+    hs = hs[:, :, :batch]  # (T, D, batch, H)
+    h_n = hs[-1]  # rows past their length kept their state: this is it at the last valid step
+    valid = jnp.arange(time)[:, None] < lengths[None, :]  # (T, batch)
+    ys = jnp.where(valid[:, None, :, None], hs, 0)
+    if num_dirs == 2:
+        ys = jnp.stack([ys[:, 0], reorder(ys[:, 1])], axis=1)  # back to input order
+    ys = jnp.swapaxes(ys, 1, 2).reshape(time, batch, num_dirs * hidden)
+    return ys, ((h_n, c_n[:, :batch]) if config.kind == "lstm" else h_n)

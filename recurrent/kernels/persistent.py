@@ -1,0 +1,361 @@
+"""Persistent Pallas (Triton) kernels for the recurrence of the LSTM and the GRU.
+
+One launch runs every time step of one layer, both directions at once. The grid is
+``(directions, H // bh)``: block ``(d, j)`` owns hidden units ``j*bh:(j+1)*bh`` of direction
+``d`` and, at every step, computes their gates from the whole previous ``h``. The blocks
+of a direction exchange ``h`` through global memory (``hbuf``, which is also the output)
+and wait for each other once per step on an atomic counter: a grid-wide barrier. That is
+only sound while every block of the grid runs at the same time, so the grid never has more
+blocks than the GPU has multiprocessors (:func:`plan`).
+
+The backward kernel runs the same way in reverse time. Each step's gate-gradients
+``dm_t (batch, G*H)`` go to global memory, the barrier, then every block reads them back to
+form its units' ``dh_{t-1} = dm_t @ w_hh[:, units]``. The weight gradient is one matmul over
+all steps, outside the kernel.
+
+Off GPU the kernels run in Pallas' interpret mode. The grid then runs one block after
+another, so a barrier would wait forever; instead a scan makes one call per time step (the
+kernels read their span of steps from ``span_ref``), and the blocks only read the previous
+call's ``h``. The kernel body is the same code that runs on the GPU.
+
+Layouts (``T`` time, ``D`` directions, ``B`` batch padded to a power of two >= 16, ``H``
+hidden, ``G`` gates, gate-major columns as in torch):
+
+- ``xp (T, D, B, G*H)``: projected inputs, biases included except the GRU's ``b_hn``.
+- ``w (D, H, G*H)`` (forward, ``w_hh`` transposed) and ``(D, G*H, H)`` (backward).
+- ``hbuf (T+1, D, B, H)``: slot 0 is ``h_0``, slot ``t+1`` the state after step ``t``; rows
+  past their length keep their state (the caller zeroes them in ``y``).
+- ``cbuf (T+1, D, B, H)``: the LSTM's cell state, likewise.
+- ``acts (T, D, B, 4*H)``: the LSTM's ``i, f, g, o``; the GRU's ``r, z, n`` and the
+  recurrent ``n`` pre-activation ``w_hn h + b_hn``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plt
+
+GATES = {"lstm": 4, "gru": 3}
+MIN_BLOCK = 16  # Triton's smallest matmul side
+SPIN_LIMIT = 1 << 22  # a barrier waits at most this many polls, then stops waiting
+
+
+class Plan(NamedTuple):
+    """Static tiling of one layer: ``bh`` hidden units and ``bb`` batch rows per block,
+    ``kc`` rows per matmul chunk, ``batch`` the padded batch, ``warps`` per block."""
+
+    bh: int
+    bb: int
+    kc: int
+    batch: int
+    warps: int
+
+    def grid(self, num_dirs, hidden):
+        return num_dirs, hidden // self.bh, self.batch // self.bb
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def plan(kind: str, num_dirs: int, batch: int, hidden: int, num_cores: int,
+         split_batch: bool = True) -> Plan | None:
+    """The tiling for these sizes, or ``None`` when the kernel does not fit them.
+
+    The grid ``num_dirs * (hidden / bh) * (batch / bb)`` must not exceed ``num_cores`` (the
+    barrier needs every block resident), and a block's accumulators must fit in registers.
+    With ``split_batch`` the batch is split over blocks while the grid still fits, so that
+    more of the GPU works on each step.
+    """
+    if hidden % MIN_BLOCK:
+        return None
+    padded = max(MIN_BLOCK, _pow2_at_least(batch))
+    bh = MIN_BLOCK
+    while num_dirs * (hidden // bh) > num_cores or hidden % bh:
+        bh *= 2
+        if bh > hidden:
+            return None
+    bb = padded
+    blocks = num_dirs * (hidden // bh)
+    while split_batch and bb > MIN_BLOCK and blocks * (padded // bb) * 2 <= num_cores:
+        bb //= 2
+    if bb * GATES[kind] * bh > 16384:  # floats of gate accumulators per block
+        return None
+    kc = max(MIN_BLOCK, min(64, 8192 // bb))
+    while hidden % kc:
+        kc //= 2
+    return Plan(bh, bb, kc, padded, 4 if bb * bh <= 1024 else 8)
+
+
+class _Sync:
+    """The grid barrier of one direction: an arrival counter in ``ref[d, 0]`` that grows by
+    ``nblk`` per step, and in ``ref[d, 1]`` the number of barriers that gave up waiting."""
+
+    def __init__(self, ref, d, nblk, interpret):
+        self.ref, self.nblk, self.interpret = ref, nblk, interpret
+        self.d = d * pl.num_programs(2) + pl.program_id(2)  # a counter per batch tile
+        # traced rather than literal: interpret mode cannot discharge constants in a loop
+        self.zero = d * 0
+        self.one = self.zero + 1
+
+    def wait(self, passed, alive):
+        """Barrier number ``passed`` (0-based) of this call; ``alive`` is false once a wait has
+        timed out, after which the block stops waiting (its results are then wrong, and the
+        count in ``ref[d, 1]`` says so) rather than hang the GPU. Returns the new ``alive``."""
+        if not self.interpret:
+            plt.debug_barrier()  # every thread's stores precede the arrival
+        arrived = plt.atomic_add(self.ref, (self.d, self.zero), self.one) + 1
+        target = (passed + 1) * self.nblk
+
+        def poll(state):
+            _, spins = state
+            return plt.atomic_add(self.ref, (self.d, self.zero), self.zero), spins + 1
+
+        def waiting(state):
+            count, spins = state
+            return (count < target) & (spins < SPIN_LIMIT) & alive
+
+        count, _ = jax.lax.while_loop(waiting, poll, (arrived, self.zero))
+        ok = count >= target
+        return alive & ok
+
+    def report(self, alive):
+        @pl.when(jnp.logical_not(alive))
+        def _():
+            plt.atomic_add(self.ref, (self.d, self.one), self.one)
+
+
+def _load(ref, interpret):
+    """A load that skips the L1 cache on the GPU: other blocks wrote it during this launch."""
+    return ref[...] if interpret else plt.load(ref, volatile=True)
+
+
+def _dot(a, b, dtype, precision):
+    """``a @ b`` with float32 accumulation, operands cast to ``dtype`` (``None``: as given)."""
+    if dtype is not None:
+        a, b = a.astype(dtype), b.astype(dtype)
+    return jnp.dot(a, b, precision=precision, preferred_element_type=jnp.float32)
+
+
+def _accumulate(n, fn, init):
+    """``fn(k, acc)`` for ``k < n``: unrolled in Python when short, so that the compiler
+    can issue every chunk's loads at once; a loop otherwise."""
+    if n > 16:
+        return jax.lax.fori_loop(0, n, fn, init)
+    for k in range(n):
+        init = fn(k, init)
+    return init
+
+
+def _rows(k, kc):
+    """Rows ``k*kc:(k+1)*kc``, ``k`` a Python int (unrolled) or traced (a loop)."""
+    return pl.ds(k * kc if isinstance(k, int) else pl.multiple_of(k * kc, kc), kc)
+
+
+def _forward_kernel(span_ref, len_ref, xp_ref, w_ref, bhn_ref, hin_ref, cin_ref, sin_ref,
+                    hbuf_ref, cbuf_ref, acts_ref, sync_ref, *, kind, plan_, hidden, dtype,
+                    precision, interpret):
+    del hin_ref, cin_ref, sin_ref  # aliased to hbuf_ref, cbuf_ref, sync_ref
+    G, H, bh, kc = GATES[kind], hidden, plan_.bh, plan_.kc
+    d, j = pl.program_id(0), pl.program_id(1)
+    sync = _Sync(sync_ref, d, pl.num_programs(1), interpret)
+    units = pl.ds(j * bh, bh)
+    rb = pl.ds(pl.program_id(2) * plan_.bb, plan_.bb)  # this block's batch rows
+    lengths = len_ref[rb]  # (bb,)
+    first, stop = span_ref[0], span_ref[1]  # this call runs steps first, ..., stop - 1
+
+    def gate_cols(g):
+        return pl.ds(g * H + j * bh, bh)
+
+    last = xp_ref.shape[0] - 1
+
+    def inputs(t):  # step t's projected inputs, G x (bb, bh)
+        return tuple(xp_ref[jnp.minimum(t, last), d, rb, gate_cols(g)] for g in range(G))
+
+    def step(t, state):
+        c, h_old, x, alive = state  # own units' carry and this step's inputs
+        # h_{t-1} = hbuf[t, d] (B, H) was written by every block at the last step
+        def chunk(k, accs):
+            rows = _rows(k, kc)
+            h_k = _load(hbuf_ref.at[t, d, rb, rows], interpret)  # (bb, kc)
+            return tuple(acc + _dot(h_k, w_ref[d, rows, gate_cols(g)], dtype, precision)
+                         for g, acc in enumerate(accs))
+
+        zeros = jnp.zeros((plan_.bb, bh), jnp.float32)
+        rec = _accumulate(H // kc, chunk, (zeros,) * G)  # G x (bb, bh)
+        valid = (t < lengths)[:, None]  # (bb, 1)
+        if kind == "lstm":
+            i, f, o = (jax.nn.sigmoid(x[g] + rec[g]) for g in (0, 1, 3))
+            g_ = jnp.tanh(x[2] + rec[2])
+            c_new = jnp.where(valid, f * c + i * g_, c)
+            h_new = jnp.where(valid, o * jnp.tanh(c_new), h_old)
+            cbuf_ref[t + 1, d, rb, units] = c_new
+            gates = (i, f, g_, o)
+        else:
+            r, z = (jax.nn.sigmoid(x[g] + rec[g]) for g in (0, 1))
+            hn = rec[2] + bhn_ref[d, units][None, :]
+            n = jnp.tanh(x[2] + r * hn)
+            c_new = c
+            h_new = jnp.where(valid, (1 - z) * n + z * h_old, h_old)
+            gates = (r, z, n, hn)
+        hbuf_ref[t + 1, d, rb, units] = h_new
+        for g, a in enumerate(gates):
+            acts_ref[t, d, rb, gate_cols(g)] = a
+        x_next = inputs(t + 1)  # loaded before the barrier, to overlap with the wait
+        alive = jax.lax.cond(t < stop - 1, lambda a: sync.wait(t - first, a), lambda a: a,
+                             alive)
+        return c_new, h_new, x_next, alive
+
+    c0 = cbuf_ref[first, d, rb, units] if kind == "lstm" else jnp.zeros((plan_.bb, bh))
+    h0 = hbuf_ref[first, d, rb, units]
+    state = (c0, h0, inputs(first), jnp.bool_(True))
+    *_, alive = jax.lax.fori_loop(first, stop, step, state)
+    sync.report(alive)
+
+
+def _backward_kernel(span_ref, len_ref, w_ref, acts_ref, hbuf_ref, cbuf_ref, dh_ref,
+                     min_ref, sin_ref, dpass_in_ref, dc_in_ref,
+                     mbuf_ref, dxn_ref, dpass_ref, dc_ref, sync_ref, *, kind, plan_,
+                     hidden, dtype, precision, interpret):
+    del min_ref, sin_ref, dpass_in_ref, dc_in_ref  # aliased to outputs
+    G, H, bh, kc = GATES[kind], hidden, plan_.bh, plan_.kc
+    d, j = pl.program_id(0), pl.program_id(1)
+    sync = _Sync(sync_ref, d, pl.num_programs(1), interpret)
+    units = pl.ds(j * bh, bh)
+    rb = pl.ds(pl.program_id(2) * plan_.bb, plan_.bb)
+    lengths = len_ref[rb]
+    first, stop = span_ref[0], span_ref[1]  # this call runs t = stop - 1, ..., first
+
+    def gate_cols(g):
+        return pl.ds(g * H + j * bh, bh)
+
+    def local(t):  # what step t reads of this block's own: dh_t, gates, states
+        t = jnp.maximum(t, 0)
+        own = (cbuf_ref[t + 1, d, rb, units], cbuf_ref[t, d, rb, units]) if kind == "lstm" \
+            else (hbuf_ref[t, d, rb, units],)
+        return (dh_ref[t, d, rb, units], *(acts_ref[t, d, rb, gate_cols(g)] for g in range(4)),
+                *own)
+
+    def step(s, state):
+        d_pass, dc, now, alive = state
+        t = stop - 1 - s
+        # mbuf[t + 1, d] (B, G*H) holds every block's dm of step t + 1
+        def chunk(k, acc):
+            rows = _rows(k, kc)
+            return acc + _dot(_load(mbuf_ref.at[t + 1, d, rb, rows], interpret),
+                              w_ref[d, rows, units], dtype, precision)
+
+        rec = _accumulate(G * H // kc, chunk, jnp.zeros((plan_.bb, bh), jnp.float32))
+        dh_t, *a, own = now[0], *now[1:5], now[5:]
+        dh = dh_t + d_pass + rec  # (bb, bh)
+        valid = (t < lengths)[:, None]
+        if kind == "lstm":
+            i, f, g_, o = a
+            c, c_prev = own
+            tc = jnp.tanh(c)
+            dct = dc + dh * o * (1 - tc * tc)
+            dm = (dct * g_ * i * (1 - i), dct * c_prev * f * (1 - f), dct * i * (1 - g_ * g_),
+                  dh * tc * o * (1 - o))
+            dc_new = jnp.where(valid, dct * f, dc)
+            d_pass_new = jnp.where(valid, 0.0, dh)
+        else:
+            r, z, n, hn = a
+            (h_prev,) = own
+            dgn = dh * (1 - z) * (1 - n * n)  # the n pre-activation's gradient
+            dm = (dgn * hn * r * (1 - r), dh * (h_prev - n) * z * (1 - z), dgn * r)
+            dxn_ref[t, d, rb, units] = jnp.where(valid, dgn, 0.0)
+            dc_new = dc
+            d_pass_new = jnp.where(valid, dh * z, dh)
+        for g, m in enumerate(dm):
+            mbuf_ref[t, d, rb, gate_cols(g)] = jnp.where(valid, m, 0.0)
+        after = local(t - 1)  # loaded before the barrier, to overlap with the wait
+        alive = jax.lax.cond(t > first, lambda a: sync.wait(s, a), lambda a: a, alive)
+        return d_pass_new, dc_new, after, alive
+
+    init = (dpass_ref[d, rb, units], dc_ref[d, rb, units], local(stop - 1), jnp.bool_(True))
+    d_pass, dc, _, alive = jax.lax.fori_loop(0, stop - first, step, init)
+    dpass_ref[d, rb, units] = d_pass
+    dc_ref[d, rb, units] = dc
+    sync.report(alive)
+
+
+def _sync_buffer(plan_, num_dirs):
+    """Zeroed counters, one 128-byte line per direction and batch tile."""
+    return jnp.zeros((num_dirs * (plan_.batch // plan_.bb), 32), jnp.int32)
+
+
+def _launch(kernel, grid, outs, aliases, plan_, interpret, time, carried, stitched,
+            reverse, *args):
+    """Runs ``kernel`` over ``time`` steps: in one call on the GPU, or on the CPU (interpret
+    mode) in one call per step, threading the aliased buffers ``carried`` (output indices)
+    from call to call and keeping step ``t`` of each output in ``stitched`` from call ``t``.
+    ``args`` are the kernel's inputs after the span; returns its outputs."""
+    call = pl.pallas_call(
+        kernel, out_shape=outs, grid=grid, input_output_aliases=aliases,
+        interpret=interpret,
+        # num_stages=1: software pipelining would load step t+1's h before the barrier
+        # that publishes it (on an H100, 2 stages gave errors of 1e-1)
+        compiler_params=plt.CompilerParams(num_warps=plan_.warps, num_stages=1))
+    if not interpret:
+        return call(jnp.array([0, time], jnp.int32), *args)
+    sources = {out: inp for inp, out in aliases.items()}
+
+    def one_step(results, t):
+        inputs = list(args)
+        for out in carried:
+            inputs[sources[out] - 1] = results[out]
+        new = call(jnp.stack([t, t + 1]).astype(jnp.int32), *inputs)
+        return tuple(r.at[t].set(n[t]) if i in stitched else n
+                     for i, (r, n) in enumerate(zip(results, new, strict=True))), None
+
+    initial = tuple(args[sources[i] - 1] if i in sources else jnp.zeros(o.shape, o.dtype)
+                    for i, o in enumerate(outs))
+    results, _ = jax.lax.scan(one_step, initial, jnp.arange(time), reverse=reverse)
+    return results
+
+
+def forward(kind, plan_, lengths, xp, w_t, b_hn, h0, c0, *, dtype, precision, interpret):
+    """Runs the forward kernel. Returns ``(hbuf, cbuf, acts, sync)`` (see the module doc);
+    ``sync[:, 1]`` counts barriers that timed out (nonzero: the results are wrong)."""
+    time, num_dirs, batch, _ = xp.shape
+    hidden = h0.shape[-1]
+    f32 = jax.ShapeDtypeStruct
+    hbuf = jnp.zeros((time + 1, num_dirs, batch, hidden), jnp.float32).at[0].set(h0)
+    cbuf = jnp.zeros_like(hbuf).at[0].set(c0)
+    sync = _sync_buffer(plan_, num_dirs)
+    outs = (f32(hbuf.shape, jnp.float32), f32(cbuf.shape, jnp.float32),
+            f32((time, num_dirs, batch, 4 * hidden), jnp.float32), f32(sync.shape, jnp.int32))
+    kernel = functools.partial(_forward_kernel, kind=kind, plan_=plan_, hidden=hidden,
+                               dtype=dtype, precision=precision, interpret=interpret)
+    return _launch(kernel, plan_.grid(num_dirs, hidden), outs, {5: 0, 6: 1, 7: 3}, plan_,
+                   interpret, time, (0, 1, 3), (2,), False,
+                   lengths, xp, w_t, b_hn, hbuf, cbuf, sync)
+
+
+def backward(kind, plan_, lengths, w, acts, hbuf, cbuf, dh, dc_n, *, dtype, precision,
+             interpret):
+    """Runs the backward kernel over ``dh (T, D, B, H)``, the cotangent of every step's
+    state, and ``dc_n (D, B, H)``. Returns ``(dm, dxn, d_pass, dc0, sync)``: ``dm (T, D, B,
+    G*H)`` the recurrent matmuls' output cotangents, ``dxn (T, D, B, H)`` the GRU's ``n``
+    input cotangent, and the carries' cotangents past step 0 (``d_pass`` still lacks
+    ``dm[0] @ w_hh``)."""
+    time, num_dirs, batch, hidden = dh.shape
+    f32 = jax.ShapeDtypeStruct
+    mbuf = jnp.zeros((time + 1, num_dirs, batch, GATES[kind] * hidden), jnp.float32)
+    d_pass = jnp.zeros((num_dirs, batch, hidden), jnp.float32)
+    sync = _sync_buffer(plan_, num_dirs)
+    outs = (f32(mbuf.shape, jnp.float32), f32(dh.shape, jnp.float32),
+            f32(d_pass.shape, jnp.float32), f32(d_pass.shape, jnp.float32),
+            f32(sync.shape, jnp.int32))
+    kernel = functools.partial(_backward_kernel, kind=kind, plan_=plan_, hidden=hidden,
+                               dtype=dtype, precision=precision, interpret=interpret)
+    mbuf, dxn, d_pass, dc, sync = _launch(
+        kernel, plan_.grid(num_dirs, hidden), outs, {7: 0, 8: 4, 9: 2, 10: 3}, plan_,
+        interpret, time, (0, 2, 3, 4), (1,), True,
+        lengths, w, acts, hbuf, cbuf, dh, mbuf, sync, d_pass, dc_n)
+    return mbuf[:time], dxn, d_pass, dc, sync
