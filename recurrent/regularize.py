@@ -90,25 +90,32 @@ class Masks(NamedTuple):
     zoneout: dict
 
 
-def _scaled_keep(key, rate, shape):
-    """A dropout mask: 0 with probability ``rate``, else ``1 / (1 - rate)``; ``None`` at 0."""
-    if rate == 0:
-        return None
-    return jax.random.bernoulli(key, 1 - rate, shape) / (1 - rate)
-
-
 def draw_masks(key, reg: Regularization, batch: int, time: int, input_size: int,
                widths: dict) -> Masks:
     """The masks one layer and direction draws from ``key``; ``widths`` maps each carry key
-    (``"h"``, ``"c"``) to its width. Keys: ``split(key, 4)`` for the input, recurrent,
-    hidden-zoneout and cell-zoneout masks."""
-    k_in, k_rec, *k_zone = jax.random.split(key, 4)
-    zone_keys = dict(zip(_ZONEOUTS.values(), k_zone, strict=True))
-    return Masks(
-        _scaled_keep(k_in, reg.input_dropout, (batch, input_size)),
-        _scaled_keep(k_rec, reg.recurrent_dropout, (batch, widths["h"])),
-        {k: jax.random.bernoulli(zone_keys[k], rate, (batch, time, widths[k]))
-         for k, rate in reg.zoneout().items()})
+    (``"h"``, ``"c"``) to its width.
+
+    One ``jax.random.uniform`` draw (one random-bits computation to compile, however many
+    masks) is cut into the masks whose rate is positive, in the order input, recurrent,
+    hidden zoneout, cell zoneout: a dropout keeps where ``u >= rate``, a zoneout keeps the
+    previous value where ``u < rate``.
+    """
+    rates = {"inputs": reg.input_dropout, "recurrent": reg.recurrent_dropout,
+             **reg.zoneout()}
+    shapes = {"inputs": (batch, input_size), "recurrent": (batch, widths["h"]),
+              **{k: (batch, time, widths[k]) for k in reg.zoneout()}}
+    drawn = [k for k, rate in rates.items() if rate > 0]
+    sizes = [int(np.prod(shapes[k])) for k in drawn]
+    u = jax.random.uniform(key, (sum(sizes),))
+    pieces = dict(zip(drawn, jnp.split(u, np.cumsum(sizes)[:-1].tolist()), strict=True))
+    u = {k: piece.reshape(shapes[k]) for k, piece in pieces.items()}
+
+    def scaled_keep(name):  # 0 or 1 / (1 - rate); None at rate 0
+        rate = rates[name]
+        return None if rate == 0 else (u[name] >= rate) / (1 - rate)
+
+    return Masks(scaled_keep("inputs"), scaled_keep("recurrent"),
+                 {k: u[k] < rate for k, rate in reg.zoneout().items()})
 
 
 def _dropped(matmul, mask):
