@@ -125,10 +125,16 @@ def _run_stack(fn: str, make_cell: Callable[[int], Cell], params, x, seq_lengths
     return out, state
 
 
+def _needs_scan(reg: Regularization | None, return_activations: bool) -> bool:
+    """Whether ``reg`` changes the step or per-step activations are asked for: what only
+    the scan of :func:`recurrent.regularize.regularized_unroll` runs."""
+    return return_activations or (reg is not None and reg.changes_step)
+
+
 def _scan_impl(fn: str, impl: str, reg: Regularization | None, return_activations: bool):
-    """``impl``, or ``"reference"`` (the scan) when ``reg`` changes the step or per-step
-    activations are asked for: the fast path runs only the plain cell."""
-    if not return_activations and (reg is None or not reg.changes_step):
+    """``impl``, or ``"reference"`` (the scan) where :func:`_needs_scan`: the fast path
+    runs only the plain cell."""
+    if not _needs_scan(reg, return_activations):
         return impl
     if impl not in ("fast", "reference"):
         raise ValueError(f"{fn}: input_dropout, recurrent_dropout, zoneout and "
@@ -142,7 +148,7 @@ def _direction_unroll(impl: str, reg: Regularization | None, masks_key, index: i
     """What runs layer and direction ``index`` (``layer * num_directions + direction``):
     ``impl``'s unroll, or the scan with ``reg``'s masks drawn from
     ``fold_in(masks_key, index)``."""
-    if not return_activations and (reg is None or not reg.changes_step):
+    if not _needs_scan(reg, return_activations):
         return _UNROLLS[impl]
     key = None if masks_key is None else jax.random.fold_in(masks_key, index)
     return partial(regularized_unroll, reg=reg or Regularization(), key=key,
@@ -256,16 +262,18 @@ _OPTIONS_DOC = """
         (``h @ w_hh.T``); the carried state and ``y`` are not dropped.
       hidden_zoneout: zoneout (Krueger et al. 2017): the probability that a unit of ``h``
         keeps its previous value at a step, drawn per step and unit. Needs ``key``.{cell_zoneout}
-      deterministic: evaluation: no dropout of any kind (``dropout`` included) and each
-        zoneout by its expectation, ``h = p * h_prev + (1 - p) * h_new``; no ``key``.
+      deterministic: a Python bool; evaluation: no dropout of any kind (``dropout``
+        included) and each zoneout by its expectation, ``h = p * h_prev + (1 - p) *
+        h_new``; no ``key`` needed.
       return_activations: also return every gate and state at every step.
 
-      The four rates and ``return_activations`` run the scan of ``impl="reference"`` (the
-      default ``"fast"`` then runs it too; the DEER impls refuse them); with all of them
-      off, or only dropouts under ``deterministic``, nothing changes. Layer ``l``,
-      direction ``d`` draws its masks by :func:`recurrent.regularize.draw_masks` from
-      ``fold_in(split(key)[1], l * num_directions + d)``; ``dropout`` then uses
-      ``split(key)[0]``."""
+      A positive zoneout, a positive dropout in training, or ``return_activations`` runs
+      the scan of ``impl="reference"``, also when ``impl="fast"`` (the default) is
+      asked for; the DEER impls refuse them. Otherwise ``impl`` runs as without them.
+      Layer ``l``, direction ``d`` draws its masks by
+      :func:`recurrent.regularize.draw_masks` from ``fold_in(split(key)[1], l *
+      num_directions + d)``; ``dropout`` then uses ``split(key)[0]``. A learnable initial
+      state: see ``initial_state``."""
 _CELL_ZONEOUT_DOC = """
       cell_zoneout: zoneout of the cell state ``c``, as ``hidden_zoneout`` (the new ``h``
         is computed from the new ``c`` before either is zoned out)."""

@@ -172,9 +172,7 @@ def regularized_unroll(cell: Cell, params, xs, carry=None, *, reg: Regularizatio
     """:func:`recurrent.unroll.unroll` with the dropout and zoneout of ``reg``, masks drawn
     from ``key`` by :func:`draw_masks`; same arguments and result."""
     wrapped = cell
-    if reg.changes_step and not reg.random:  # evaluation: zoneout by its expectation
-        wrapped = regularized_cell(cell, reg)
-    elif reg.random:
+    if reg.random:
         time, batch = xs.shape[:2] if time_major else xs.shape[1::-1]
         if carry is None:
             carry = cell.initial_carry((batch,), carry_dtype(params))
@@ -190,6 +188,8 @@ def regularized_unroll(cell: Cell, params, xs, carry=None, *, reg: Regularizatio
             xs = jnp.concatenate([xs, flags.astype(xs.dtype)], axis=-1)
         wrapped = regularized_cell(cell, reg, masks.recurrent,
                                    {k: widths[k] for k in masks.zoneout})
+    elif reg.changes_step:  # evaluation: zoneout by its expectation
+        wrapped = regularized_cell(cell, reg)
     return sequential_unroll(wrapped, params, xs, carry, seq_lengths=seq_lengths,
                              reverse=reverse, unroll=unroll, time_major=time_major,
                              return_activations=return_activations)
