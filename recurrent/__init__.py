@@ -7,6 +7,7 @@ from recurrent import interop as interop
 from recurrent import linen as linen
 from recurrent import minimal as minimal
 from recurrent import nnx as nnx
+from recurrent import regularize as regularize
 from recurrent import sharding as sharding
 from recurrent.cells import Cell as Cell
 from recurrent.cells import GRUParams as GRUParams

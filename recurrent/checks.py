@@ -108,11 +108,11 @@ def check_state(fn: str, name: str, state, shape: tuple) -> None:
                          f"(num_layers * num_directions, batch, hidden_size)")
 
 
-def check_rate(fn: str, dropout: float) -> None:
-    """``dropout`` must be a number in ``[0, 1)``."""
+def check_rate(fn: str, dropout: float, name: str = "dropout") -> None:
+    """The rate ``name`` (``dropout`` unless said) must be a number in ``[0, 1)``."""
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float, np.floating)) \
             or not 0 <= dropout < 1:
-        raise ValueError(f"{fn}: dropout must be a number in [0, 1); got {dropout!r}")
+        raise ValueError(f"{fn}: {name} must be a number in [0, 1); got {dropout!r}")
 
 
 def check_dropout(fn: str, dropout: float, key) -> None:

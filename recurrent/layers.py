@@ -19,6 +19,7 @@ from recurrent.cells import Cell, gru_cell, lstm_cell, rnn_cell
 from recurrent.deer import deer_unroll
 from recurrent.kernels import layer as kernel_layer
 from recurrent.minimal import mingru_cell, minlstm_cell, parallel_unroll
+from recurrent.regularize import Regularization, regularized_unroll
 from recurrent.unroll import carry_dtype, unroll
 
 # How the reference loop runs one layer and direction, by ``impl``; "fast" runs whole layers
@@ -52,8 +53,11 @@ def _init_stack(fn: str, cell: Cell, key, input_size, hidden_size, num_layers,
 
 def _run_stack(fn: str, make_cell: Callable[[int], Cell], params, x, seq_lengths,
                initial_state, dropout, key, batch_first, unroll_steps, dtype, impl,
-               remat_chunk, impls=_NONLINEAR_IMPLS, kernel=None):
-    """Checks the arguments, then runs every layer and direction; returns ``(y, state)``."""
+               remat_chunk, impls=_NONLINEAR_IMPLS, kernel=None,
+               reg: Regularization | None = None, return_activations: bool = False):
+    """Checks the arguments, then runs every layer and direction; returns ``(y, state)``, or
+    ``(y, state, activations)`` with ``return_activations``. ``kernel`` names the GPU
+    kernel that can run the cell (:mod:`recurrent.kernels`), if any."""
     if impl not in impls:
         raise ValueError(f"{fn}: impl must be one of {', '.join(map(repr, impls))}; "
                          f"got {impl!r}")
@@ -64,7 +68,14 @@ def _run_stack(fn: str, make_cell: Callable[[int], Cell], params, x, seq_lengths
     sizes = checks.check_stack(fn, params, probe.params_type, probe.gates)
     batch, _ = checks.check_input(fn, x, sizes, batch_first)
     checks.check_seq_lengths(fn, seq_lengths, batch)
+    if reg is not None:
+        reg.check(fn, key)
+        if reg.deterministic:  # evaluation: no dropout of any kind
+            checks.check_rate(fn, dropout)
+            dropout = 0.0
+    impl = _scan_impl(fn, impl, reg, return_activations)
     checks.check_dropout(fn, dropout, key)
+    initial_state = _broadcast_state(initial_state, batch)
     num_dirs = sizes.num_directions
     state_shape = (sizes.num_layers * num_dirs, batch, sizes.hidden_size)
     cell = make_cell(sizes.hidden_size)
@@ -88,19 +99,27 @@ def _run_stack(fn: str, make_cell: Callable[[int], Cell], params, x, seq_lengths
                                configs)
         return (out if dtype is None else out.astype(dtype)), state
 
-    out, finals = x, []
+    masks_key = None
+    if reg is not None and reg.random:
+        key, masks_key = jax.random.split(key)
+    out, finals, activations = x, [], []
     for l, layer in enumerate(params):
-        ys = []
+        ys, layer_activations = [], []
         for d, p in enumerate(layer):
             carry = None
             if initial_state is not None:
                 carry = jax.tree.map(lambda s: s[l * num_dirs + d].astype(carry_dtype(p)),
                                      tuple(initial_state) if pair else initial_state)
-            carry, y = _UNROLLS[impl](cell, p, out, carry, seq_lengths=seq_lengths,
-                                      reverse=d == 1, unroll=unroll_steps,
-                                      time_major=not batch_first)
+            run = _direction_unroll(impl, reg, masks_key, l * num_dirs + d,
+                                    return_activations)
+            carry, y = run(cell, p, out, carry, seq_lengths=seq_lengths, reverse=d == 1,
+                           unroll=unroll_steps, time_major=not batch_first)
+            if return_activations:  # y is the dict of every gate and state
+                layer_activations.append(y)
+                y = y["h"]
             finals.append(carry)
             ys.append(y)
+        activations.append(tuple(layer_activations))
         out = jnp.concatenate(ys, axis=-1)  # (batch, time, D*H)
         if dropout > 0 and l < sizes.num_layers - 1:
             key, sub = jax.random.split(key)
@@ -109,7 +128,66 @@ def _run_stack(fn: str, make_cell: Callable[[int], Cell], params, x, seq_lengths
     if dtype is not None:
         out = out.astype(dtype)
     state = jax.tree.map(lambda *c: jnp.stack(c), *finals)  # each (L*D, batch, H)
+    if return_activations:
+        return out, state, tuple(activations)
     return out, state
+
+
+def _needs_scan(reg: Regularization | None, return_activations: bool) -> bool:
+    """Whether ``reg`` changes the step or per-step activations are asked for: what only
+    the scan of :func:`recurrent.regularize.regularized_unroll` runs."""
+    return return_activations or (reg is not None and reg.changes_step)
+
+
+def _scan_impl(fn: str, impl: str, reg: Regularization | None, return_activations: bool):
+    """``impl``, or ``"reference"`` (the scan) where :func:`_needs_scan`: the fast path
+    runs only the plain cell."""
+    if not _needs_scan(reg, return_activations):
+        return impl
+    if impl not in ("fast", "xla", "reference"):
+        raise ValueError(f"{fn}: input_dropout, recurrent_dropout, zoneout and "
+                         f"return_activations run in the scan (impl='reference'); "
+                         f"impl={impl!r} cannot run them")
+    return "reference"
+
+
+def _direction_unroll(impl: str, reg: Regularization | None, masks_key, index: int,
+                      return_activations: bool):
+    """What runs layer and direction ``index`` (``layer * num_directions + direction``):
+    ``impl``'s unroll, or the scan with ``reg``'s masks drawn from
+    ``fold_in(masks_key, index)``."""
+    if not _needs_scan(reg, return_activations):
+        return _UNROLLS[impl]
+    key = None if masks_key is None else jax.random.fold_in(masks_key, index)
+    return partial(regularized_unroll, reg=reg or Regularization(), key=key,
+                   return_activations=return_activations)
+
+
+def zero_state(params, pair: bool):
+    """Zeros of a state without its batch axis, for a learnable initial state: ``h_0``
+    ``(num_layers * num_directions, w_hh.shape[1])``, and with ``pair`` (LSTM) ``(h_0,
+    c_0)``, ``c_0`` ``(num_layers * num_directions, w_hh.shape[0] // 4)``; the carry's
+    dtype. The layers broadcast it over the batch."""
+    p = params[0][0]
+    rows = len(params) * len(params[0])  # num_layers * num_directions
+    h = jnp.zeros((rows, p.w_hh.shape[1]), carry_dtype(p))
+    return (h, jnp.zeros((rows, p.w_hh.shape[0] // 4), h.dtype)) if pair else h
+
+
+def _broadcast_state(initial_state, batch: int):
+    """Each state array of shape ``(L*D, H)`` or ``(L*D, 1, H)``, one state for every
+    sequence (e.g. a learned one), broadcast to ``(L*D, batch, H)``; the rest as given."""
+
+    def widen(s):
+        shape = getattr(s, "shape", None)
+        if shape is None or len(shape) not in (2, 3) or (len(shape) == 3 and shape[1] != 1):
+            return s
+        s = jnp.reshape(s, (shape[0], 1, shape[-1]))  # (L*D, 1, H)
+        return jnp.broadcast_to(s, (shape[0], batch, shape[-1]))
+
+    if isinstance(initial_state, (tuple, list)):
+        return tuple(widen(s) for s in initial_state)
+    return None if initial_state is None else widen(initial_state)
 
 
 def _run_fast(cell, params, x, seq_lengths, initial_state, dropout, key, batch_first,
@@ -150,7 +228,10 @@ _LAYER_DOC = """
         sequence in torch: outputs past a length are zero, the final state is the state at
         the last valid step, and the backward direction starts at each sequence's own last
         valid step. Clipped to ``[0, time]`` at run time. ``None``: all steps are valid.
-      initial_state: {state_in}; zeros when ``None``.
+      initial_state: {state_in}; zeros when ``None``. Arrays of shape ``(num_layers *
+        num_directions, hidden_size)`` or ``(num_layers * num_directions, 1,
+        hidden_size)`` are one state for every sequence, broadcast over the batch: pass
+        such an array from your params to learn the initial state.
       dropout: probability in ``[0, 1)`` of zeroing an output of every layer but the
         last (as torch); needs ``key``. Pass 0 at inference.
       key: PRNG key for dropout.
@@ -159,17 +240,17 @@ _LAYER_DOC = """
         they accumulate in float32, the state stays float32 and ``y`` is cast to ``dtype``.
       unroll: scan steps per loop iteration (``jax.lax.scan``'s ``unroll``).
       impl: {impl_doc}
-      remat_chunk: with ``impl="fast"`` or ``"xla"``, rematerialise the scan in chunks of this many
-        steps: training memory then grows with ``time`` only through the layer's inputs
+      remat_chunk: with ``impl="fast"`` or ``"xla"``, rematerialise the scan in chunks of
+        this many steps: training memory then grows with ``time`` only through the layer's inputs
         and outputs, at the cost of running the forward pass twice. ``None``: store every
         step (on a GPU this also keeps ``"fast"`` on the XLA scan). Ignored by the other
-        ``impl`` s.
+        ``impl`` s.{options_doc}
 
     Returns:
       ``(y, {state_out})``: ``y`` is ``(batch, time, num_directions * hidden_size)``
       (``[forward, backward]`` on the last axis); {state_desc} ``(num_layers *
       num_directions, batch, hidden_size)``, index ``layer * num_directions + direction``.
-"""
+{returns_doc}"""
 
 
 _NONLINEAR_IMPL_DOC = """``"fast"`` (the default: on a GPU, the persistent Pallas kernel of
@@ -191,11 +272,54 @@ _H_STATE = ("``h_0`` of shape ``(num_layers * num_directions, batch, hidden_size
             "``h_n`` is")
 
 
+_OPTIONS_DOC = """
+      input_dropout: variational dropout (Gal & Ghahramani 2016) of every layer's input:
+        the probability in ``[0, 1)`` of zeroing a feature, with one mask per sequence,
+        layer and direction reused at every step; kept features are scaled by ``1 / (1 -
+        input_dropout)``. Needs ``key``.
+      recurrent_dropout: the same on the hidden state fed to the recurrent matmuls
+        (``h @ w_hh.T``); the carried state and ``y`` are not dropped.
+      hidden_zoneout: zoneout (Krueger et al. 2017): the probability that a unit of ``h``
+        keeps its previous value at a step, drawn per step and unit. Needs ``key``.{cell_zoneout}
+      deterministic: a Python bool; evaluation: no dropout of any kind (``dropout``
+        included) and each zoneout by its expectation, ``h = p * h_prev + (1 - p) *
+        h_new``; no ``key`` needed.
+      return_activations: also return every gate and state at every step.
+
+      A positive zoneout, a positive dropout in training, or ``return_activations`` runs
+      the scan of ``impl="reference"``, also when ``impl="fast"`` (the default) or
+      ``"xla"`` is asked for; ``"pallas"`` and the DEER impls refuse them. Otherwise
+      ``impl`` runs as without them. Layer ``l``, direction ``d`` draws its masks by
+      :func:`recurrent.regularize.draw_masks` from ``fold_in(split(key)[1], l *
+      num_directions + d)``; ``dropout`` then uses ``split(key)[0]``. A learnable initial
+      state: see ``initial_state``."""
+_CELL_ZONEOUT_DOC = """
+      cell_zoneout: zoneout of the cell state ``c``, as ``hidden_zoneout`` (the new ``h``
+        is computed from the new ``c`` before either is zoned out)."""
+_ACTIVATIONS_DOC = """\
+      With ``return_activations``, a third element ``activations[layer][direction]``: a
+      dict of ``(batch, time, hidden_size)`` arrays (``(time, batch, hidden_size)`` unless
+      ``batch_first``), {keys}: the gates after their nonlinearity and the new state at
+      every step (the zoned-out state under zoneout), zero past ``seq_lengths`` and indexed
+      by input position in both directions (the backward direction's final state is at
+      its ``t = 0``).
+"""
+
+
 def _document(fn_name: str, state_in: str, state_out: str, state_desc: str,
-              impl_doc: str = _NONLINEAR_IMPL_DOC):
+              impl_doc: str = _NONLINEAR_IMPL_DOC, activations: str | None = None):
+    """Appends the shared Args and Returns; ``activations`` names the keys of
+    ``return_activations`` for the layers with the scan's options."""
+    options_doc = returns_doc = ""
+    if activations is not None:
+        cell_zoneout = _CELL_ZONEOUT_DOC if fn_name == "lstm" else ""
+        options_doc = _OPTIONS_DOC.format(cell_zoneout=cell_zoneout)
+        returns_doc = _ACTIVATIONS_DOC.format(keys=activations)
+
     def wrap(f):
         f.__doc__ += _LAYER_DOC.format(fn=fn_name, state_in=state_in, state_out=state_out,
-                                       state_desc=state_desc, impl_doc=impl_doc)
+                                       state_desc=state_desc, impl_doc=impl_doc,
+                                       options_doc=options_doc, returns_doc=returns_doc)
         return f
 
     return wrap
@@ -237,10 +361,14 @@ def init_rnn(key, input_size: int, hidden_size: int, num_layers: int = 1,
 
 
 @_document("lstm", "a pair ``(h_0, c_0)``, each ``(num_layers * num_directions, batch, "
-           "hidden_size)``", "(h_n, c_n)", "``h_n`` and ``c_n`` are each")
+           "hidden_size)``", "(h_n, c_n)", "``h_n`` and ``c_n`` are each",
+           activations="``i, f, g, o, c, h``")
 def lstm(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, key=None,
          batch_first: bool = True, *, dtype=None, unroll: int = 1, impl: str = "fast",
-         remat_chunk: int | None = None):
+         remat_chunk: int | None = None,
+         input_dropout: float = 0.0, recurrent_dropout: float = 0.0,
+         hidden_zoneout: float = 0.0, cell_zoneout: float = 0.0,
+         deterministic: bool = False, return_activations: bool = False):
     """A stacked (bidirectional) LSTM over a batch of sequences, as ``torch.nn.LSTM``.
 
     For one layer and direction, with ``x`` batch first::
@@ -254,13 +382,19 @@ def lstm(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, 
     """
     return _run_stack("lstm", lambda h: lstm_cell(h, dtype=dtype), params, x, seq_lengths,
                       initial_state, dropout, key, batch_first, unroll, dtype, impl,
-                      remat_chunk, kernel="lstm")
+                      remat_chunk, kernel="lstm",
+                      reg=Regularization(input_dropout, recurrent_dropout, hidden_zoneout,
+                                         cell_zoneout, deterministic),
+                      return_activations=return_activations)
 
 
-@_document("gru", *_H_STATE)
+@_document("gru", *_H_STATE, activations="``r, z, n, h``")
 def gru(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, key=None,
         batch_first: bool = True, *, reset_after: bool = True, dtype=None, unroll: int = 1,
-        impl: str = "fast", remat_chunk: int | None = None):
+        impl: str = "fast", remat_chunk: int | None = None,
+        input_dropout: float = 0.0, recurrent_dropout: float = 0.0,
+        hidden_zoneout: float = 0.0, deterministic: bool = False,
+        return_activations: bool = False):
     """A stacked (bidirectional) GRU over a batch of sequences, as ``torch.nn.GRU``.
 
     For one layer and direction (``reset_after=True``, torch's form; ``False`` applies the
@@ -277,13 +411,19 @@ def gru(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, k
     """
     return _run_stack("gru", lambda h: gru_cell(h, reset_after=reset_after, dtype=dtype),
                       params, x, seq_lengths, initial_state, dropout, key, batch_first,
-                      unroll, dtype, impl, remat_chunk, kernel="gru" if reset_after else None)
+                      unroll, dtype, impl, remat_chunk, kernel="gru" if reset_after else None,
+                      reg=Regularization(input_dropout, recurrent_dropout, hidden_zoneout,
+                                         deterministic=deterministic),
+                      return_activations=return_activations)
 
 
-@_document("rnn", *_H_STATE)
+@_document("rnn", *_H_STATE, activations="``h``")
 def rnn(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, key=None,
         batch_first: bool = True, *, nonlinearity: str = "tanh", dtype=None,
-        unroll: int = 1, impl: str = "fast", remat_chunk: int | None = None):
+        unroll: int = 1, impl: str = "fast", remat_chunk: int | None = None,
+        input_dropout: float = 0.0, recurrent_dropout: float = 0.0,
+        hidden_zoneout: float = 0.0, deterministic: bool = False,
+        return_activations: bool = False):
     """A stacked (bidirectional) Elman RNN, as ``torch.nn.RNN``::
 
         h = initial_state
@@ -293,7 +433,10 @@ def rnn(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, k
     """
     return _run_stack("rnn", lambda h: rnn_cell(h, nonlinearity=nonlinearity, dtype=dtype),
                       params, x, seq_lengths, initial_state, dropout, key, batch_first,
-                      unroll, dtype, impl, remat_chunk)
+                      unroll, dtype, impl, remat_chunk,
+                      reg=Regularization(input_dropout, recurrent_dropout, hidden_zoneout,
+                                         deterministic=deterministic),
+                      return_activations=return_activations)
 
 
 def init_mingru(key, input_size: int, hidden_size: int, num_layers: int = 1,

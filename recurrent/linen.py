@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from recurrent import cells, checks, layers
+from recurrent.regularize import scan_options
 from recurrent.unroll import state_dtype
 
 
@@ -44,9 +45,20 @@ class _Stack(nn.Module):
         """``(init_fn, layer_fn, layer_options)`` of the functional layer."""
         raise NotImplementedError
 
+    def _rates(self) -> dict:
+        """The rates of the scan's options (input/recurrent dropout, zoneout) by argument
+        name; empty for layers that have none."""
+        return {}
+
+    def _initial_state(self, params, initial_state):
+        """The state the layer starts from: ``initial_state`` as given."""
+        del params
+        return initial_state
+
     @nn.compact
     def __call__(self, x, seq_lengths=None, initial_state=None, *,
-                 deterministic: bool | None = None, return_state: bool = False):
+                 deterministic: bool | None = None, return_state: bool = False,
+                 return_activations: bool = False):
         """Runs the layer over ``x``.
 
         Args:
@@ -55,14 +67,19 @@ class _Stack(nn.Module):
           seq_lengths: ``(batch,)`` integer valid lengths (right padding), or ``None``.
           initial_state: ``(h_0, c_0)`` for the LSTM, ``h_0`` for the GRU and RNN, each
             ``(num_layers * num_directions, batch, hidden_size)``; zeros when ``None``.
-          deterministic: ``True`` turns dropout off (evaluation); overrides the attribute.
-            Needed, here or as the attribute, only when ``dropout > 0``; training then
-            draws from the ``rng_collection`` stream (``rngs={"dropout": key}``).
+          deterministic: ``True`` turns dropout off (evaluation) and zoneout into its
+            expectation; overrides the attribute. Needed, here or as the attribute, only
+            when a dropout or zoneout rate is positive; training then draws from the
+            ``rng_collection`` stream (``rngs={"dropout": key}``).
           return_state: also return the final state.
+          return_activations: also return every gate and state at every step
+            (``LSTM``, ``GRU``, ``RNN``; see :func:`recurrent.lstm`).
 
         Returns:
           ``y`` of shape ``(batch, time, num_directions * hidden_size)``, or
           ``(y, state)`` with ``return_state``; ``state`` is shaped as ``initial_state``.
+          ``return_activations`` appends ``activations[layer][direction]``, a dict of
+          ``(batch, time, hidden_size)`` arrays.
         """
         name = type(self).__name__
         checks.check_rate(name, self.dropout)
@@ -74,18 +91,51 @@ class _Stack(nn.Module):
                                 param_dtype=self.param_dtype))
         if deterministic is None:
             deterministic = self.deterministic
-        if self.dropout > 0 and deterministic is None:
-            raise ValueError(f"{name}: dropout={self.dropout} needs deterministic=True "
+        rates = self._rates()
+        for rate_name, rate in rates.items():
+            checks.check_rate(name, rate, rate_name)
+        random = {k: v for k, v in {"dropout": self.dropout, **rates}.items() if v > 0}
+        if random and deterministic is None:
+            shown = ", ".join(f"{k}={v}" for k, v in random.items())
+            raise ValueError(f"{name}: {shown} needs deterministic=True "
                              f"(evaluation) or False (training), as an attribute or at call")
         rate, key = 0.0, None
-        if self.dropout > 0 and not deterministic:
+        if random and not deterministic:
             rate, key = self.dropout, self.make_rng(self.rng_collection)
-        y, state = layer_fn(params, x, seq_lengths, initial_state, rate, key,
-                            self.batch_first, dtype=self.dtype, unroll=self.unroll, **options)
-        return (y, state) if return_state else y
+        options = {**options, **scan_options(name, rates, deterministic, return_activations)}
+        y, state, *activations = layer_fn(
+            params, x, seq_lengths, self._initial_state(params, initial_state), rate, key,
+            self.batch_first, dtype=self.dtype, unroll=self.unroll, **options)
+        out = ((y, state) if return_state else (y,)) + tuple(activations)
+        return out if len(out) > 1 else y
 
 
-class LSTM(_Stack):
+class _CellStack(_Stack):
+    """A stack of ``LSTM``, ``GRU`` or ``RNN`` cells, with the options of the scan
+    (:func:`recurrent.lstm`) and a learnable initial state."""
+
+    input_dropout: float = 0.0
+    recurrent_dropout: float = 0.0
+    hidden_zoneout: float = 0.0
+    learn_initial_state: bool = False
+
+    _pair = False  # whether the state is (h, c)
+
+    def _rates(self):
+        return {"input_dropout": self.input_dropout,
+                "recurrent_dropout": self.recurrent_dropout,
+                "hidden_zoneout": self.hidden_zoneout}
+
+    def _initial_state(self, params, initial_state):
+        """``initial_state`` if given, else the learned one when ``learn_initial_state``:
+        the param ``"initial_state"``, zeros at init, each array ``(num_layers *
+        num_directions, width)`` and broadcast over the batch."""
+        if not self.learn_initial_state or initial_state is not None:
+            return initial_state
+        return self.param("initial_state", lambda key: layers.zero_state(params, self._pair))
+
+
+class LSTM(_CellStack):
     """``torch.nn.LSTM`` as a Linen module: a thin wrapper of :func:`recurrent.lstm`.
 
     Example::
@@ -108,15 +158,30 @@ class LSTM(_Stack):
       param_dtype: dtype of the params.
       unroll: scan steps per loop iteration.
       rng_collection: the rng stream dropout draws from.
+      input_dropout, recurrent_dropout: variational dropout (one mask per sequence) of
+        each layer's input and of the hidden state fed to the recurrent matmuls.
+      hidden_zoneout, cell_zoneout: zoneout rates of ``h`` and ``c``; their expectation
+        when ``deterministic``. See :func:`recurrent.lstm`.
+      learn_initial_state: learn ``(h_0, c_0)``: the param ``"initial_state"``, a pair of
+        ``(num_layers * num_directions, hidden_size)`` arrays (zeros at init) broadcast
+        over the batch; an ``initial_state`` passed at call replaces it.
     """
+
+    cell_zoneout: float = 0.0
+
+    _pair = True
 
     def _functions(self):
         return layers.init_lstm, layers.lstm, {}
 
+    def _rates(self):
+        return {**super()._rates(), "cell_zoneout": self.cell_zoneout}
 
-class GRU(_Stack):
+
+class GRU(_CellStack):
     """``torch.nn.GRU`` as a Linen module around :func:`recurrent.gru`; attributes as
-    :class:`LSTM`, plus ``reset_after`` (``True``: torch's form). The state is ``h``."""
+    :class:`LSTM` (no ``cell_zoneout``), plus ``reset_after`` (``True``: torch's form). The
+    state is ``h``."""
 
     reset_after: bool = True
 
@@ -124,9 +189,10 @@ class GRU(_Stack):
         return layers.init_gru, layers.gru, {"reset_after": self.reset_after}
 
 
-class RNN(_Stack):
+class RNN(_CellStack):
     """``torch.nn.RNN`` as a Linen module around :func:`recurrent.rnn`; attributes as
-    :class:`LSTM`, plus ``nonlinearity`` (``"tanh"`` or ``"relu"``). The state is ``h``."""
+    :class:`LSTM` (no ``cell_zoneout``), plus ``nonlinearity`` (``"tanh"`` or ``"relu"``).
+    The state is ``h``."""
 
     nonlinearity: str = "tanh"
 

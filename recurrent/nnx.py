@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from recurrent import cells, checks, layers
+from recurrent.regularize import scan_options
 from recurrent.unroll import state_dtype
 
 
@@ -81,11 +82,21 @@ class _Stack(nnx.Module):
         self.dtype = dtype
         self.unroll = unroll
         self.rng_collection = rng_collection
-        self.rngs = rngs[rng_collection].fork() if dropout > 0 else nnx.data(None)
+        random = dropout > 0 or any(rate > 0 for rate in self._rates().values())
+        self.rngs = rngs[rng_collection].fork() if random else nnx.data(None)
 
     def _options(self) -> dict:
         """Keyword arguments of the functional layer beyond the common ones."""
         return {}
+
+    def _rates(self) -> dict:
+        """The rates of the scan's options (input/recurrent dropout, zoneout) by argument
+        name; empty for layers that have none."""
+        return {}
+
+    def _initial_state(self, initial_state):
+        """The state the layer starts from: ``initial_state`` as given."""
+        return initial_state
 
     def get_params(self):
         """The functional params (plain arrays), as :func:`recurrent.init_lstm` makes them."""
@@ -97,7 +108,8 @@ class _Stack(nnx.Module):
         _assign(type(self).__name__, self.layers, params)
 
     def __call__(self, x, seq_lengths=None, initial_state=None, *,
-                 deterministic: bool | None = None, rngs=None, return_state: bool = False):
+                 deterministic: bool | None = None, rngs=None, return_state: bool = False,
+                 return_activations: bool = False):
         """Runs the layer over ``x``.
 
         Args:
@@ -106,25 +118,34 @@ class _Stack(nnx.Module):
           seq_lengths: ``(batch,)`` integer valid lengths (right padding), or ``None``.
           initial_state: ``(h_0, c_0)`` for the LSTM, ``h_0`` for the GRU and RNN, each
             ``(num_layers * num_directions, batch, hidden_size)``; zeros when ``None``.
-          deterministic: ``True`` turns dropout off; overrides the attribute, which
-            ``model.eval()`` / ``model.train()`` set.
-          rngs: an ``nnx.Rngs``, ``RngStream`` or key for dropout, instead of the stream
-            forked at construction.
+          deterministic: ``True`` turns dropout off and zoneout into its expectation;
+            overrides the attribute, which ``model.eval()`` / ``model.train()`` set.
+          rngs: an ``nnx.Rngs``, ``RngStream`` or key for dropout and zoneout, instead of
+            the stream forked at construction.
           return_state: also return the final state.
+          return_activations: also return every gate and state at every step
+            (``LSTM``, ``GRU``, ``RNN``; see :func:`recurrent.lstm`).
 
         Returns:
           ``y`` of shape ``(batch, time, num_directions * hidden_size)``, or
           ``(y, state)`` with ``return_state``; ``state`` is shaped as ``initial_state``.
+          ``return_activations`` appends ``activations[layer][direction]``, a dict of
+          ``(batch, time, hidden_size)`` arrays.
         """
         if deterministic is None:
             deterministic = self.deterministic
+        rates = self._rates()
         rate, key = 0.0, None
-        if self.dropout > 0 and not deterministic:
+        if not deterministic and (self.dropout > 0 or any(r > 0 for r in rates.values())):
             rate, key = self.dropout, self._dropout_key(rngs)
-        y, state = type(self)._layer(self.get_params(), x, seq_lengths, initial_state, rate,
-                                     key, self.batch_first, dtype=self.dtype,
-                                     unroll=self.unroll, **self._options())
-        return (y, state) if return_state else y
+        options = {**self._options(),
+                   **scan_options(type(self).__name__, rates, deterministic,
+                                  return_activations)}
+        y, state, *activations = type(self)._layer(
+            self.get_params(), x, seq_lengths, self._initial_state(initial_state), rate, key,
+            self.batch_first, dtype=self.dtype, unroll=self.unroll, **options)
+        out = ((y, state) if return_state else (y,)) + tuple(activations)
+        return out if len(out) > 1 else y
 
     def _dropout_key(self, rngs):
         if rngs is None:
@@ -144,7 +165,40 @@ class _Stack(nnx.Module):
             self.deterministic = deterministic
 
 
-class LSTM(_Stack):
+class _CellStack(_Stack):
+    """A stack of ``LSTM``, ``GRU`` or ``RNN`` cells, with the options of the scan
+    (:func:`recurrent.lstm`) and a learnable initial state."""
+
+    _pair = False  # whether the state is (h, c)
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bidirectional: bool = False, dropout: float = 0.0, *,
+                 input_dropout: float = 0.0, recurrent_dropout: float = 0.0,
+                 hidden_zoneout: float = 0.0, learn_initial_state: bool = False, **kwargs):
+        self.input_dropout = input_dropout  # read by _rates() in the base __init__
+        self.recurrent_dropout = recurrent_dropout
+        self.hidden_zoneout = hidden_zoneout
+        for rate_name, rate in self._rates().items():
+            checks.check_rate(type(self).__name__, rate, rate_name)
+        super().__init__(input_size, hidden_size, num_layers, bidirectional, dropout,
+                         **kwargs)
+        self.initial_state = nnx.data(None)
+        if learn_initial_state:
+            self.initial_state = _as_params(layers.zero_state(self.get_params(), self._pair))
+
+    def _rates(self):
+        return {"input_dropout": self.input_dropout,
+                "recurrent_dropout": self.recurrent_dropout,
+                "hidden_zoneout": self.hidden_zoneout}
+
+    def _initial_state(self, initial_state):
+        """``initial_state`` if given, else the learned one (broadcast over the batch)."""
+        if initial_state is not None or self.initial_state is None:
+            return initial_state
+        return _values(self.initial_state)
+
+
+class LSTM(_CellStack):
     """``torch.nn.LSTM`` as an NNX module: a thin wrapper of :func:`recurrent.lstm`.
 
     Example::
@@ -168,15 +222,34 @@ class LSTM(_Stack):
       unroll: scan steps per loop iteration.
       rng_collection: the stream of ``rngs`` that dropout forks.
       rngs: ``nnx.Rngs``; ``params`` initialises the weights as torch does.
+      input_dropout, recurrent_dropout: variational dropout (one mask per sequence) of
+        each layer's input and of the hidden state fed to the recurrent matmuls.
+      hidden_zoneout, cell_zoneout: zoneout rates of ``h`` and ``c``; their expectation
+        in evaluation mode. See :func:`recurrent.lstm`.
+      learn_initial_state: learn ``(h_0, c_0)``: the attribute ``initial_state``, a pair
+        of ``nnx.Param`` of shape ``(num_layers * num_directions, hidden_size)`` (zeros at
+        init) broadcast over the batch; an ``initial_state`` passed at call replaces it.
     """
 
     _init = staticmethod(layers.init_lstm)
     _layer = staticmethod(layers.lstm)
+    _pair = True
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bidirectional: bool = False, dropout: float = 0.0, *,
+                 cell_zoneout: float = 0.0, **kwargs):
+        self.cell_zoneout = cell_zoneout  # read by _rates() in the base __init__
+        super().__init__(input_size, hidden_size, num_layers, bidirectional, dropout,
+                         **kwargs)
+
+    def _rates(self):
+        return {**super()._rates(), "cell_zoneout": self.cell_zoneout}
 
 
-class GRU(_Stack):
+class GRU(_CellStack):
     """``torch.nn.GRU`` as an NNX module around :func:`recurrent.gru`; arguments as
-    :class:`LSTM`, plus ``reset_after`` (``True``: torch's form). The state is ``h``."""
+    :class:`LSTM` (no ``cell_zoneout``), plus ``reset_after`` (``True``: torch's form). The
+    state is ``h``."""
 
     _init = staticmethod(layers.init_gru)
     _layer = staticmethod(layers.gru)
@@ -192,9 +265,10 @@ class GRU(_Stack):
         return {"reset_after": self.reset_after}
 
 
-class RNN(_Stack):
+class RNN(_CellStack):
     """``torch.nn.RNN`` as an NNX module around :func:`recurrent.rnn`; arguments as
-    :class:`LSTM`, plus ``nonlinearity`` (``"tanh"`` or ``"relu"``). The state is ``h``."""
+    :class:`LSTM` (no ``cell_zoneout``), plus ``nonlinearity`` (``"tanh"`` or ``"relu"``).
+    The state is ``h``."""
 
     _init = staticmethod(layers.init_rnn)
     _layer = staticmethod(layers.rnn)

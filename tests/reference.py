@@ -29,17 +29,19 @@ def lstm_step(p, x, h, c):
     return o * np.tanh(c), c
 
 
-def gru_step(p, x, h, reset_after=True):
-    """One GRU step (gate order r, z, n); ``reset_after=False`` is Cho et al.'s form."""
+def gru_step(p, x, h, reset_after=True, h_rec=None):
+    """One GRU step (gate order r, z, n); ``reset_after=False`` is Cho et al.'s form.
+    ``h_rec`` is the state the recurrent matmuls read (``h`` unless given, e.g. dropped)."""
     w_ih, w_hh, b_ih, b_hh = _np(p)
     H = h.shape[-1]
+    u = h if h_rec is None else h_rec
     xi = w_ih @ x + b_ih
-    r = sigmoid(xi[:H] + w_hh[:H] @ h + b_hh[:H])
-    z = sigmoid(xi[H:2 * H] + w_hh[H:2 * H] @ h + b_hh[H:2 * H])
+    r = sigmoid(xi[:H] + w_hh[:H] @ u + b_hh[:H])
+    z = sigmoid(xi[H:2 * H] + w_hh[H:2 * H] @ u + b_hh[H:2 * H])
     if reset_after:
-        n = np.tanh(xi[2 * H:] + r * (w_hh[2 * H:] @ h + b_hh[2 * H:]))
+        n = np.tanh(xi[2 * H:] + r * (w_hh[2 * H:] @ u + b_hh[2 * H:]))
     else:
-        n = np.tanh(xi[2 * H:] + w_hh[2 * H:] @ (r * h) + b_hh[2 * H:])
+        n = np.tanh(xi[2 * H:] + w_hh[2 * H:] @ (r * u) + b_hh[2 * H:])
     return (1 - z) * n + z * h
 
 
