@@ -33,8 +33,10 @@ def truncated_bptt(layer, params, x, chunk: int, initial_state=None, seq_lengths
       chunk: steps per chunk, a positive int.
       initial_state: as the layer's; zeros when ``None``.
       seq_lengths: ``(batch,)`` valid lengths of the whole stream, or ``None``.
-      key: PRNG key for the layer's dropout; each chunk uses ``fold_in(key, chunk_index)``.
-      **layer_options: passed to ``layer`` (``dropout``, ``dtype``, ``impl``, ...).
+      key: PRNG key for the layer's dropout; each chunk uses ``fold_in(key, chunk_index)``,
+        so variational dropout draws its per-sequence masks afresh for every chunk.
+      **layer_options: passed to ``layer`` (``dropout``, ``dtype``, ``impl``, ...);
+        ``return_activations`` is refused (run the layer itself for per-step gates).
 
     Returns:
       ``(y, state)`` as ``layer`` returns them; ``state`` carries no gradient.
@@ -47,6 +49,9 @@ def truncated_bptt(layer, params, x, chunk: int, initial_state=None, seq_lengths
     if any(len(layer_params) != 1 for layer_params in params):
         raise ValueError(f"{name}: params are bidirectional; truncated BPTT runs forward "
                          f"only (a backward direction needs the future of the stream)")
+    if layer_options.get("return_activations"):
+        raise ValueError(f"{name}: return_activations is not supported; call the layer "
+                         f"itself for per-step gates and states")
     time = x.shape[1]
     num_full = time // chunk
 

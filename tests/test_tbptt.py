@@ -67,3 +67,5 @@ def test_dropout_key_per_chunk_and_bad_arguments():
                                                                     bidirectional=True), x, 5)
     with pytest.raises(ValueError, match=r"x must have shape \(batch, time, features\)"):
         recurrent.truncated_bptt(recurrent.lstm, params, x[0], 5)
+    with pytest.raises(ValueError, match="return_activations is not supported"):
+        recurrent.truncated_bptt(recurrent.lstm, params, x, 5, return_activations=True)
