@@ -93,8 +93,9 @@ def plan(kind: str, num_dirs: int, batch: int, hidden: int, num_cores: int,
 
 
 class _Sync:
-    """The grid barrier of one direction: an arrival counter in ``ref[d, 0]`` that grows by
-    ``nblk`` per step, and in ``ref[d, 1]`` the number of barriers that gave up waiting."""
+    """The grid barrier of the blocks of one direction and batch tile (row ``d`` of
+    ``ref``): an arrival counter in ``ref[d, 0]`` that grows by ``nblk`` per step, and in
+    ``ref[d, 1]`` the number of barriers that gave up waiting."""
 
     def __init__(self, ref, d, nblk, interpret):
         self.ref, self.nblk, self.interpret = ref, nblk, interpret
@@ -121,8 +122,7 @@ class _Sync:
             return (count < target) & (spins < SPIN_LIMIT) & alive
 
         count, _ = jax.lax.while_loop(waiting, poll, (arrived, self.zero))
-        ok = count >= target
-        return alive & ok
+        return alive & (count >= target)
 
     def report(self, alive):
         @pl.when(jnp.logical_not(alive))
