@@ -44,6 +44,10 @@ class _Stack(nn.Module):
         """``(init_fn, layer_fn, layer_options)`` of the functional layer."""
         raise NotImplementedError
 
+    def _cell_options(self) -> dict:
+        """Options of the cell that ``init_fn`` takes beyond ``bias`` and ``param_dtype``."""
+        return {}
+
     @nn.compact
     def __call__(self, x, seq_lengths=None, initial_state=None, *,
                  deterministic: bool | None = None, return_state: bool = False):
@@ -71,7 +75,7 @@ class _Stack(nn.Module):
             "layers",
             lambda key: init_fn(key, x.shape[-1], self.hidden_size, self.num_layers,
                                 self.bidirectional, bias=self.bias,
-                                param_dtype=self.param_dtype))
+                                param_dtype=self.param_dtype, **self._cell_options()))
         if deterministic is None:
             deterministic = self.deterministic
         if self.dropout > 0 and deterministic is None:
@@ -108,20 +112,36 @@ class LSTM(_Stack):
       param_dtype: dtype of the params.
       unroll: scan steps per loop iteration.
       rng_collection: the rng stream dropout draws from.
+      proj_size, peephole, layer_norm: the cell options of
+        :func:`recurrent.cells.lstm_cell`; with ``proj_size=P``, ``y`` and ``h`` are ``P``
+        wide per direction.
     """
+
+    proj_size: int = 0
+    peephole: bool = False
+    layer_norm: bool = False
 
     def _functions(self):
         return layers.init_lstm, layers.lstm, {}
 
+    def _cell_options(self):
+        return dict(proj_size=self.proj_size, peephole=self.peephole,
+                    layer_norm=self.layer_norm)
+
 
 class GRU(_Stack):
     """``torch.nn.GRU`` as a Linen module around :func:`recurrent.gru`; attributes as
-    :class:`LSTM`, plus ``reset_after`` (``True``: torch's form). The state is ``h``."""
+    :class:`LSTM`, plus ``reset_after`` (``True``: torch's form) and ``layer_norm`` (see
+    :func:`recurrent.cells.gru_cell`). The state is ``h``."""
 
     reset_after: bool = True
+    layer_norm: bool = False
 
     def _functions(self):
         return layers.init_gru, layers.gru, {"reset_after": self.reset_after}
+
+    def _cell_options(self):
+        return dict(layer_norm=self.layer_norm)
 
 
 class RNN(_Stack):
@@ -190,19 +210,30 @@ class LSTMCell(_Cell):
 
         rnn = flax.linen.RNN(recurrent.linen.LSTMCell(32))
         y = rnn.apply({"params": {"cell": {"weights": lstm_params[0][0]}}}, x)
+
+    ``proj_size``, ``peephole`` and ``layer_norm`` are the options of
+    :func:`recurrent.cells.lstm_cell` (with ``proj_size=P``, ``h`` is ``(*batch, P)``).
     """
 
+    proj_size: int = 0
+    peephole: bool = False
+    layer_norm: bool = False
+
     def _cell(self):
-        return cells.lstm_cell(self.hidden_size, bias=self.bias, dtype=self.dtype,
-                               param_dtype=self.param_dtype)
+        return cells.lstm_cell(self.hidden_size, proj_size=self.proj_size,
+                               peephole=self.peephole, layer_norm=self.layer_norm,
+                               bias=self.bias, dtype=self.dtype, param_dtype=self.param_dtype)
 
 
 class GRUCell(_Cell):
     """The GRU cell of :func:`recurrent.gru`, one step at a time; the carry is ``h``
-    ``(*batch, hidden_size)``. ``reset_after=True`` is torch's form."""
+    ``(*batch, hidden_size)``. ``reset_after=True`` is torch's form; ``layer_norm`` as in
+    :func:`recurrent.cells.gru_cell`."""
 
     reset_after: bool = True
+    layer_norm: bool = False
 
     def _cell(self):
-        return cells.gru_cell(self.hidden_size, reset_after=self.reset_after, bias=self.bias,
-                              dtype=self.dtype, param_dtype=self.param_dtype)
+        return cells.gru_cell(self.hidden_size, reset_after=self.reset_after,
+                              layer_norm=self.layer_norm, bias=self.bias, dtype=self.dtype,
+                              param_dtype=self.param_dtype)
