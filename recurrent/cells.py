@@ -17,6 +17,11 @@ LSTM   i f g o  ``c' = f*c + i*g``, ``h' = o*tanh(c')``
 GRU    r z n    ``n = tanh(W_in x + b_in + r*(W_hn h + b_hn))``, ``h' = (1-z)*n + z*h``
 RNN    --       ``h' = tanh(W_ih x + b_ih + W_hh h + b_hh)`` (or relu)
 =====  =====  ======================================================================
+
+Options that compose: :func:`lstm_cell`'s ``proj_size`` (torch's LSTMP), ``peephole`` and
+``layer_norm``, and :func:`gru_cell`'s ``layer_norm``. Their weights are extra fields of
+the params, ``None`` when the option is off; :func:`lstm_options` and :func:`gru_options`
+read the options back off the params.
 """
 
 from __future__ import annotations
@@ -90,9 +95,10 @@ class Cell(NamedTuple):
       init: ``init(key, input_size) -> params``.
       project: ``project(params, x) -> xp``; ``x (..., input)`` to ``xp (..., gates*hidden)``.
       step: ``step(params, carry, xp_t) -> (carry, y_t)``; ``xp_t (batch, gates*hidden)``,
-        ``y_t (batch, hidden)``.
+        ``y_t (batch, hidden)`` (``(batch, proj_size)`` for a projected LSTM).
       initial_carry: ``initial_carry(batch_shape, dtype) -> carry`` of zeros; the carry is
-        ``(h, c)`` for the LSTM and ``h`` for the GRU and RNN, each ``(*batch_shape, hidden)``.
+        ``(h, c)`` for the LSTM and ``h`` for the GRU and RNN, each ``(*batch_shape, hidden)``
+        (``h`` is ``proj_size`` wide for a projected LSTM).
       activations: ``activations(params, carry, xp_t) -> dict`` of every gate after its
         nonlinearity and the new state, each ``(batch, hidden)``: ``i, f, g, o, c, h`` for
         the LSTM, ``r, z, n, h`` for the GRU, ``h`` for the RNN. ``step`` is built from it.
@@ -232,14 +238,13 @@ def _cell_from(recurrence, carry_keys, dtype):
 
 
 def _zeros_carry(hidden_size, pair, output_size=None):
-    """``initial_carry``: ``h (*batch_shape, output_size or hidden_size)`` of zeros, and for
-    a ``pair`` also ``c (*batch_shape, hidden_size)``."""
+    """``initial_carry``: zeros ``(*batch_shape, hidden_size)``, for a ``pair`` ``(h, c)``
+    with ``h`` ``output_size`` wide when given (a projected LSTM)."""
     def initial_carry(batch_shape, dtype=jnp.float32):
-        h = jnp.zeros((*batch_shape, output_size or hidden_size), dtype)
+        c = jnp.zeros((*batch_shape, hidden_size), dtype)
         if not pair:
-            return h
-        return (h, h) if output_size is None else (h, jnp.zeros((*batch_shape, hidden_size),
-                                                                 dtype))
+            return c
+        return (c if output_size is None else jnp.zeros((*batch_shape, output_size), dtype)), c
 
     return initial_carry
 

@@ -49,7 +49,7 @@ def _init_stack(fn: str, cell: Cell, key, input_size, hidden_size, num_layers,
         for l in range(num_layers))
 
 
-def _run_stack(fn: str, make_cell: Callable[[int], Cell], params, x, seq_lengths,
+def _run_stack(fn: str, make_cell: Callable[..., Cell], params, x, seq_lengths,
                initial_state, dropout, key, batch_first, unroll_steps, dtype, impl,
                remat_chunk, impls=_NONLINEAR_IMPLS, options_of=None):
     """Checks the arguments, then runs every layer and direction; returns ``(y, state)``.
