@@ -344,9 +344,10 @@ def lstm_cell(hidden_size: int, *, proj_size: int = 0, peephole: bool = False,
             hp = _layer_norm(hp, params.gamma_hh)
         if peephole:
             pre = xp_t + hp  # (batch, 4H)
-            peep = jnp.concatenate([params.w_ci * c, params.w_cf * c], axis=-1)  # (batch, 2H)
-            i, f = jnp.split(act(pre[..., :2 * H] + peep, False), 2, axis=-1)  # 2 x (batch, H)
-            g = act(pre[..., 2 * H:3 * H], True)
+            peep = jnp.concatenate([params.w_ci * c, params.w_cf * c, jnp.zeros_like(c)],
+                                   axis=-1)  # (batch, 3H): i and f see c, g does not
+            ifg = act(pre[..., :3 * H] + peep, _gate_mask(3, H, (2,)))  # (batch, 3H)
+            i, f, g = jnp.split(ifg, 3, axis=-1)  # 3 x (batch, H)
             c = f * c + i * g
             o = act(pre[..., 3 * H:] + params.w_co * c, False)
         else:
