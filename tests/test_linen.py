@@ -103,17 +103,15 @@ def test_lstm_cell_in_flax_rnn_equals_lstm(options):
     np.testing.assert_allclose(c, c_ref[0], atol=1e-6)
 
 
-@pytest.mark.parametrize("options", [{}, dict(layer_norm=True)])
-def test_gru_cells_in_flax_bidirectional_equal_gru(options):
+def test_gru_cells_in_flax_bidirectional_equal_gru():
     variables = {"params": {"layers": recurrent.init_gru(jax.random.key(1), 4, 6,
-                                                         bidirectional=True, **options)}}
+                                                         bidirectional=True)}}
     forward, backward = variables["params"]["layers"][0]
-    bi = nn.Bidirectional(nn.RNN(rl.GRUCell(6, **options)), nn.RNN(rl.GRUCell(6, **options)),
-                          return_carry=True)
+    bi = nn.Bidirectional(nn.RNN(rl.GRUCell(6)), nn.RNN(rl.GRUCell(6)), return_carry=True)
     (h_f, h_b), y = jax.jit(functools.partial(bi.apply, seq_lengths=LENGTHS))(
         {"params": {"forward_rnn": {"cell": {"weights": forward}},
                     "backward_rnn": {"cell": {"weights": backward}}}}, X)
-    y_ref, h_ref = jax.jit(functools.partial(rl.GRU(6, bidirectional=True, **options).apply,
+    y_ref, h_ref = jax.jit(functools.partial(rl.GRU(6, bidirectional=True).apply,
                                              return_state=True))(variables, X, LENGTHS)
     valid = (jnp.arange(5)[None, :] < LENGTHS[:, None])[..., None]  # (batch, time, 1)
     np.testing.assert_allclose(jnp.where(valid, y, 0), y_ref, atol=1e-6)
