@@ -16,6 +16,7 @@ class StackShape(NamedTuple):
     num_directions: int
     input_size: int
     hidden_size: int
+    output_size: int  # the width of h: proj_size for a projected LSTM, else hidden_size
 
 
 def _shape(x):
@@ -41,29 +42,48 @@ def check_stack(fn: str, params, params_type: type, gates: int) -> StackShape:
             if type(p) is not params_type:
                 raise TypeError(f"{fn}: params[{l}][{d}] is {type(p).__name__}; expected "
                                 f"{params_type.__name__} (as made by init_{fn})")
-    w_ih = _shape(params[0][0].w_ih)
+    first = params[0][0]
+    w_ih = _shape(first.w_ih)
     if w_ih is None or len(w_ih) != 2 or w_ih[0] % gates:
         raise ValueError(f"{fn}: params[0][0].w_ih must be a ({gates} * hidden_size, "
                          f"input_size) matrix; got shape {w_ih}")
     fields = params_type._fields
-    if "w_hh" in fields:
-        w_hh = _shape(params[0][0].w_hh)
-        if w_hh is None or len(w_hh) != 2:
-            raise ValueError(f"{fn}: params[0][0].w_hh must be a matrix; got shape {w_hh}")
-        hidden = w_hh[1]
-    else:  # cells without recurrent weights (minGRU, minLSTM)
-        hidden = w_ih[0] // gates
-    input_size, rows = w_ih[1], gates * hidden
+    _check_same_fields(fn, params, fields)
+    input_size, rows = w_ih[1], w_ih[0]
+    hidden = output = rows // gates
+    if getattr(first, "w_hr", None) is not None:  # an LSTM projection: h is (batch, P)
+        w_hr = _shape(first.w_hr)
+        if w_hr is None or len(w_hr) != 2:
+            raise ValueError(f"{fn}: params[0][0].w_hr must be a (proj_size, hidden_size) "
+                             f"matrix; got shape {w_hr}")
+        output = w_hr[0]
     for l, layer in enumerate(params):
-        want = {"w_ih": (rows, input_size if l == 0 else num_dirs * hidden),
-                "w_hh": (rows, hidden), "b_ih": (rows,), "b_hh": (rows,)}
+        want = {"w_ih": (rows, input_size if l == 0 else num_dirs * output),
+                "w_hh": (rows, output), "b_ih": (rows,), "b_hh": (rows,),
+                "w_hr": (output, hidden), "w_ci": (hidden,), "w_cf": (hidden,),
+                "w_co": (hidden,), "gamma_ih": (rows,), "gamma_hh": (rows,),
+                "gamma_c": (hidden,), "beta_c": (hidden,)}
         for d, p in enumerate(layer):
             for name in fields:
                 got, shape = _shape(getattr(p, name)), want[name]
                 if getattr(p, name) is not None and (got is None or tuple(got) != shape):
                     raise ValueError(f"{fn}: params[{l}][{d}].{name} has shape {got}; "
                                      f"expected {shape}")
-    return StackShape(len(params), num_dirs, input_size, hidden)
+    return StackShape(len(params), num_dirs, input_size, hidden, output)
+
+
+def _check_same_fields(fn: str, params, fields) -> None:
+    """Every layer and direction sets the same fields (bias and cell options) as
+    ``params[0][0]``."""
+    for l, layer in enumerate(params):
+        for d, p in enumerate(layer):
+            for name in fields:
+                got, want = ("None" if getattr(q, name) is None else "set"
+                             for q in (p, params[0][0]))
+                if got != want:
+                    raise ValueError(f"{fn}: params[{l}][{d}].{name} is {got} but "
+                                     f"params[0][0].{name} is {want}; every layer and "
+                                     f"direction must have the same fields")
 
 
 def check_input(fn: str, x, sizes: StackShape, batch_first: bool) -> tuple[int, int]:
@@ -99,13 +119,14 @@ def check_seq_lengths(fn: str, seq_lengths, batch: int) -> None:
                         f"{seq_lengths.dtype}")
 
 
-def check_state(fn: str, name: str, state, shape: tuple) -> None:
-    """One array of the initial state must have exactly ``shape``."""
+def check_state(fn: str, name: str, state, shape: tuple, size: str = "hidden_size") -> None:
+    """One array of the initial state must have exactly ``shape``, whose last entry is
+    ``size`` (``"hidden_size"`` or ``"proj_size"``)."""
     got = _shape(state)
     if got is None or tuple(got) != shape:
         shown = tuple(got) if got is not None else type(state).__name__
         raise ValueError(f"{fn}: {name} has shape {shown}; expected {shape} "
-                         f"(num_layers * num_directions, batch, hidden_size)")
+                         f"(num_layers * num_directions, batch, {size})")
 
 
 def check_rate(fn: str, dropout: float, name: str = "dropout") -> None:
@@ -126,3 +147,17 @@ def check_size(fn: str, name: str, value) -> None:
     """A size argument must be a positive int."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{fn}: {name} must be a positive int; got {value!r}")
+
+
+def check_flag(fn: str, name: str, value) -> None:
+    """An on/off option must be a bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{fn}: {name} must be a bool; got {value!r}")
+
+
+def check_proj_size(fn: str, proj_size, hidden_size) -> None:
+    """``proj_size`` must be 0 (no projection) or an int in ``[1, hidden_size)``, as torch."""
+    if isinstance(proj_size, bool) or not isinstance(proj_size, (int, np.integer)) or not (
+            proj_size == 0 or 0 < proj_size < hidden_size):
+        raise ValueError(f"{fn}: proj_size must be 0 (no projection) or an int in "
+                         f"[1, hidden_size={hidden_size}); got {proj_size!r}")

@@ -2,7 +2,9 @@
 
 The cells keep torch's layout and gate order, so a conversion only renames:
 ``weight_ih_l{k}[_reverse] -> params[k][d].w_ih`` and likewise ``weight_hh``, ``bias_ih``,
-``bias_hh``. torch is needed only by the ``*_to_torch`` functions.
+``bias_hh`` and the LSTM projection ``weight_hr`` (``proj_size > 0``) to ``w_hr``. Cell
+options torch does not have (peepholes, layer norm) cannot be converted to torch. torch is
+needed only by the ``*_to_torch`` functions.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import numpy as np
 from recurrent import checks
 from recurrent.cells import GRUParams, LSTMParams, RNNParams
 
-_FIELDS = {"weight_ih": "w_ih", "weight_hh": "w_hh", "bias_ih": "b_ih", "bias_hh": "b_hh"}
-_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)(_reverse)?$")
+_FIELDS = {"weight_ih": "w_ih", "weight_hh": "w_hh", "bias_ih": "b_ih", "bias_hh": "b_hh",
+           "weight_hr": "w_hr"}  # in torch's order
+_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?$")
 
 
 def _torch_key(name: str, layer: int, direction: int) -> str:
@@ -41,16 +44,15 @@ def _as_numpy_dict(fn: str, source) -> dict[str, np.ndarray]:
 
 def _from_torch(fn: str, source, params_type: type, gates: int):
     state = _as_numpy_dict(fn, source)
-    if any(k.startswith("weight_hr") for k in state):
-        raise ValueError(f"{fn}: the state dict has weight_hr_* keys (proj_size > 0), "
-                         f"which this version does not support")
     layer_ids = [int(m.group(2)) for k in state if (m := _KEY.match(k))]
     if not layer_ids:
         raise ValueError(f"{fn}: no weight_ih_l0 / weight_hh_l0 keys in the state dict; "
                          f"got keys {sorted(state)}")
     num_layers = max(layer_ids) + 1
     num_dirs = 2 if "weight_ih_l0_reverse" in state else 1
-    names = list(_FIELDS) if "bias_ih_l0" in state else ["weight_ih", "weight_hh"]
+    names = list(_FIELDS)[:4] if "bias_ih_l0" in state else ["weight_ih", "weight_hh"]
+    projected = "w_hr" in params_type._fields and "weight_hr_l0" in state
+    names += ["weight_hr"] if projected else []
     expected = {_torch_key(n, l, d) for l in range(num_layers) for d in range(num_dirs)
                 for n in names}
     missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
@@ -59,17 +61,20 @@ def _from_torch(fn: str, source, params_type: type, gates: int):
                          f"{'bidirectional ' if num_dirs == 2 else ''}{fn.split('_')[0]}: "
                          f"missing keys {missing}, unexpected keys {extra}")
     w_hh = state["weight_hh_l0"]
-    if w_hh.ndim != 2 or w_hh.shape[0] != gates * w_hh.shape[1]:
+    hidden = state["weight_hr_l0"].shape[-1] if projected else w_hh.shape[-1]
+    if w_hh.ndim != 2 or w_hh.shape[0] != gates * hidden:
         raise ValueError(f"{fn}: weight_hh_l0 has shape {w_hh.shape}; expected "
-                         f"({gates} * hidden_size, hidden_size) for {gates} gate blocks "
-                         f"(LSTM has 4, GRU 3, RNN 1)")
+                         f"({gates} * hidden_size, {'proj_size' if projected else 'hidden_size'})"
+                         f" for {gates} gate blocks (LSTM has 4, GRU 3, RNN 1)")
 
     def get(name, l, d):
         key = _torch_key(name, l, d)
         return jnp.asarray(state[key]) if key in state else None
 
     params = tuple(
-        tuple(params_type(*(get(name, l, d) for name in _FIELDS)) for d in range(num_dirs))
+        tuple(params_type(**{field: get(name, l, d) for name, field in _FIELDS.items()
+                             if field in params_type._fields})
+              for d in range(num_dirs))
         for l in range(num_layers))
     checks.check_stack(fn, params, params_type, gates)
     return params
@@ -77,6 +82,11 @@ def _from_torch(fn: str, source, params_type: type, gates: int):
 
 def _to_torch(fn: str, params, params_type: type, gates: int) -> dict:
     checks.check_stack(fn, params, params_type, gates)
+    extra = [f for f in params_type._fields
+             if f not in _FIELDS.values() and getattr(params[0][0], f) is not None]
+    if extra:
+        raise ValueError(f"{fn}: the params have {', '.join(extra)} (peephole or layer_norm "
+                         f"options), which torch's modules have no weights for")
     try:
         import torch
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -85,7 +95,7 @@ def _to_torch(fn: str, params, params_type: type, gates: int) -> dict:
     for l, layer in enumerate(params):
         for d, p in enumerate(layer):
             for name, field in _FIELDS.items():
-                value = getattr(p, field)
+                value = getattr(p, field, None)
                 if value is not None:
                     state[_torch_key(name, l, d)] = torch.from_numpy(np.array(value))
     return state
@@ -95,7 +105,8 @@ def lstm_from_torch(source) -> tuple:
     """Params for :func:`recurrent.lstm` from a ``torch.nn.LSTM`` or its state dict.
 
     ``source`` may hold torch tensors or NumPy arrays; the number of layers, the
-    directions and whether there are biases are read from its keys. Raises ``ValueError``
+    directions, whether there are biases and a projection (``weight_hr_l*``, torch's
+    ``proj_size > 0``, to ``w_hr``) are read from its keys. Raises ``ValueError``
     on missing or unexpected keys or on shapes that are not an LSTM's.
     """
     return _from_torch("lstm_from_torch", source, LSTMParams, 4)
@@ -113,7 +124,9 @@ def rnn_from_torch(source) -> tuple:
 
 def lstm_to_torch(params) -> dict:
     """A ``torch.nn.LSTM`` state dict (``{name: torch.Tensor}``) from LSTM params, in
-    torch's key order; ``module.load_state_dict(lstm_to_torch(params))`` loads it."""
+    torch's key order; ``module.load_state_dict(lstm_to_torch(params))`` loads it (a
+    module made with ``proj_size=P`` for params with ``w_hr``). ``ValueError`` for params
+    with peepholes or layer norm, which torch does not have."""
     return _to_torch("lstm_to_torch", params, LSTMParams, 4)
 
 

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from recurrent import checks, fast
-from recurrent.cells import Cell, gru_cell, lstm_cell, rnn_cell
+from recurrent.cells import Cell, gru_cell, gru_options, lstm_cell, lstm_options, rnn_cell
 from recurrent.deer import deer_unroll
 from recurrent.kernels import layer as kernel_layer
 from recurrent.minimal import mingru_cell, minlstm_cell, parallel_unroll
@@ -38,26 +38,31 @@ _LINEAR_IMPLS = ("parallel", "reference")
 
 
 def _init_stack(fn: str, cell: Cell, key, input_size, hidden_size, num_layers,
-                bidirectional):
-    """``num_layers`` x directions params of ``cell``; layer ``l > 0`` reads ``D * H`` features."""
+                bidirectional, output_size=None):
+    """``num_layers`` x directions params of ``cell``; layer ``l > 0`` reads ``D * H`` features
+    (``D * output_size`` when the cell's output is not ``H`` wide)."""
     for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
                         ("num_layers", num_layers)):
         checks.check_size(f"init_{fn}", name, value)
     num_dirs = 2 if bidirectional else 1
     keys = jax.random.split(key, num_layers * num_dirs)
     return tuple(
-        tuple(cell.init(keys[l * num_dirs + d], input_size if l == 0 else num_dirs * hidden_size)
+        tuple(cell.init(keys[l * num_dirs + d],
+                        input_size if l == 0 else num_dirs * (output_size or hidden_size))
               for d in range(num_dirs))
         for l in range(num_layers))
 
 
-def _run_stack(fn: str, make_cell: Callable[[int], Cell], params, x, seq_lengths,
+def _run_stack(fn: str, make_cell: Callable[..., Cell], params, x, seq_lengths,
                initial_state, dropout, key, batch_first, unroll_steps, dtype, impl,
-               remat_chunk, impls=_NONLINEAR_IMPLS, kernel=None,
+               remat_chunk, impls=_NONLINEAR_IMPLS, kernel=None, options_of=None,
                reg: Regularization | None = None, return_activations: bool = False):
     """Checks the arguments, then runs every layer and direction; returns ``(y, state)``, or
-    ``(y, state, activations)`` with ``return_activations``. ``kernel`` names the GPU
-    kernel that can run the cell (:mod:`recurrent.kernels`), if any."""
+    ``(y, state, activations)`` with ``return_activations``.
+
+    ``make_cell(hidden_size, **options)`` builds the cell, with ``options_of(params[0][0])``
+    (the cell options read off the params) when given. ``kernel`` names the GPU kernel
+    that can run the plain cell (:mod:`recurrent.kernels`), if any."""
     if impl not in impls:
         raise ValueError(f"{fn}: impl must be one of {', '.join(map(repr, impls))}; "
                          f"got {impl!r}")
@@ -78,14 +83,18 @@ def _run_stack(fn: str, make_cell: Callable[[int], Cell], params, x, seq_lengths
     initial_state = _broadcast_state(initial_state, batch)
     num_dirs = sizes.num_directions
     state_shape = (sizes.num_layers * num_dirs, batch, sizes.hidden_size)
-    cell = make_cell(sizes.hidden_size)
+    options = {} if options_of is None else options_of(params[0][0])
+    cell = make_cell(sizes.hidden_size, **options)
     pair = isinstance(cell.initial_carry((1,), jnp.float32), tuple)
     if initial_state is not None:
         if pair:
             if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 2:
                 raise TypeError(f"{fn}: initial_state must be a pair (h_0, c_0); got "
                                 f"{type(initial_state).__name__}")
-            checks.check_state(fn, "initial_state[0] (h_0)", initial_state[0], state_shape)
+            projected = sizes.output_size != sizes.hidden_size
+            checks.check_state(fn, "initial_state[0] (h_0)", initial_state[0],
+                               (*state_shape[:2], sizes.output_size),
+                               "proj_size" if projected else "hidden_size")
             checks.check_state(fn, "initial_state[1] (c_0)", initial_state[1], state_shape)
         else:
             checks.check_state(fn, "initial_state", initial_state, state_shape)
@@ -329,21 +338,23 @@ def init_lstm(key, input_size: int, hidden_size: int, num_layers: int = 1,
               bidirectional: bool = False, **cell_options):
     """Params of a stacked (bidirectional) LSTM, initialised as ``torch.nn.LSTM``.
 
-    ``cell_options`` go to :func:`recurrent.cells.lstm_cell` (``bias``, ``forget_bias``,
-    ``kernel_init``, ``recurrent_init``, ``bias_init``, ``param_dtype``). Returns
-    ``((LSTMParams,) * num_directions,) * num_layers``; layer 0 reads ``input_size``
-    features, later layers ``num_directions * hidden_size``.
+    ``cell_options`` go to :func:`recurrent.cells.lstm_cell` (``proj_size``, ``peephole``,
+    ``layer_norm``, ``bias``, ``forget_bias``, ``kernel_init``, ``recurrent_init``,
+    ``bias_init``, ``param_dtype``). Returns ``((LSTMParams,) * num_directions,) *
+    num_layers``; layer 0 reads ``input_size`` features, later layers ``num_directions *
+    hidden_size`` (``num_directions * proj_size`` with a projection, as torch).
     """
     return _init_stack("lstm", lstm_cell(hidden_size, **cell_options), key, input_size,
-                       hidden_size, num_layers, bidirectional)
+                       hidden_size, num_layers, bidirectional, cell_options.get("proj_size"))
 
 
 def init_gru(key, input_size: int, hidden_size: int, num_layers: int = 1,
              bidirectional: bool = False, **cell_options):
     """Params of a stacked (bidirectional) GRU, initialised as ``torch.nn.GRU``.
 
-    ``cell_options`` go to :func:`recurrent.cells.gru_cell`. The params are the same for
-    both GRU forms; choose the form with ``gru(..., reset_after=...)``.
+    ``cell_options`` go to :func:`recurrent.cells.gru_cell` (e.g. ``layer_norm``). The
+    params are the same for both GRU forms; choose the form with ``gru(...,
+    reset_after=...)``.
     """
     return _init_stack("gru", gru_cell(hidden_size, **cell_options), key, input_size,
                        hidden_size, num_layers, bidirectional)
@@ -379,10 +390,16 @@ def lstm(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, 
             c = sigmoid(f) * c + sigmoid(i) * tanh(g)
             h = sigmoid(o) * tanh(c)
             y[:, t] = h
+
+    The cell options of :func:`recurrent.cells.lstm_cell` are read off the params (made
+    by ``init_lstm(..., proj_size=P, peephole=True, layer_norm=True)`` or loaded from a
+    torch LSTM with ``proj_size``). With a projection, ``y`` is ``(batch, time,
+    num_directions * P)`` and ``h_0``, ``h_n`` are ``(num_layers * num_directions, batch,
+    P)``; ``c_0``, ``c_n`` stay ``hidden_size`` wide.
     """
-    return _run_stack("lstm", lambda h: lstm_cell(h, dtype=dtype), params, x, seq_lengths,
-                      initial_state, dropout, key, batch_first, unroll, dtype, impl,
-                      remat_chunk, kernel="lstm",
+    return _run_stack("lstm", lambda h, **o: lstm_cell(h, dtype=dtype, **o), params, x,
+                      seq_lengths, initial_state, dropout, key, batch_first, unroll, dtype,
+                      impl, remat_chunk, kernel="lstm", options_of=lstm_options,
                       reg=Regularization(input_dropout, recurrent_dropout, hidden_zoneout,
                                          cell_zoneout, deterministic),
                       return_activations=return_activations)
@@ -408,10 +425,14 @@ def gru(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, k
             n = tanh(xn + r * hn)
             h = (1 - z) * n + z * h
             y[:, t] = h
+
+    ``layer_norm`` (:func:`recurrent.cells.gru_cell`) is read off the params.
     """
-    return _run_stack("gru", lambda h: gru_cell(h, reset_after=reset_after, dtype=dtype),
+    return _run_stack("gru", lambda h, **o: gru_cell(h, reset_after=reset_after, dtype=dtype,
+                                                     **o),
                       params, x, seq_lengths, initial_state, dropout, key, batch_first,
                       unroll, dtype, impl, remat_chunk, kernel="gru" if reset_after else None,
+                      options_of=gru_options,
                       reg=Regularization(input_dropout, recurrent_dropout, hidden_zoneout,
                                          deterministic=deterministic),
                       return_activations=return_activations)

@@ -55,6 +55,10 @@ class _Stack(nn.Module):
         del params
         return initial_state
 
+    def _cell_options(self) -> dict:
+        """Options of the cell that ``init_fn`` takes beyond ``bias`` and ``param_dtype``."""
+        return {}
+
     @nn.compact
     def __call__(self, x, seq_lengths=None, initial_state=None, *,
                  deterministic: bool | None = None, return_state: bool = False,
@@ -88,7 +92,7 @@ class _Stack(nn.Module):
             "layers",
             lambda key: init_fn(key, x.shape[-1], self.hidden_size, self.num_layers,
                                 self.bidirectional, bias=self.bias,
-                                param_dtype=self.param_dtype))
+                                param_dtype=self.param_dtype, **self._cell_options()))
         if deterministic is None:
             deterministic = self.deterministic
         rates = self._rates()
@@ -165,9 +169,15 @@ class LSTM(_CellStack):
       learn_initial_state: learn ``(h_0, c_0)``: the param ``"initial_state"``, a pair of
         ``(num_layers * num_directions, hidden_size)`` arrays (zeros at init) broadcast
         over the batch; an ``initial_state`` passed at call replaces it.
+      proj_size, peephole, layer_norm: the cell options of
+        :func:`recurrent.cells.lstm_cell`; with ``proj_size=P``, ``y`` and ``h`` are ``P``
+        wide per direction.
     """
 
     cell_zoneout: float = 0.0
+    proj_size: int = 0
+    peephole: bool = False
+    layer_norm: bool = False
 
     _pair = True
 
@@ -177,16 +187,24 @@ class LSTM(_CellStack):
     def _rates(self):
         return {**super()._rates(), "cell_zoneout": self.cell_zoneout}
 
+    def _cell_options(self):
+        return dict(proj_size=self.proj_size, peephole=self.peephole,
+                    layer_norm=self.layer_norm)
+
 
 class GRU(_CellStack):
     """``torch.nn.GRU`` as a Linen module around :func:`recurrent.gru`; attributes as
-    :class:`LSTM` (no ``cell_zoneout``), plus ``reset_after`` (``True``: torch's form). The
-    state is ``h``."""
+    :class:`LSTM` (no ``cell_zoneout``), plus ``reset_after`` (``True``: torch's form) and
+    ``layer_norm`` (see :func:`recurrent.cells.gru_cell`). The state is ``h``."""
 
     reset_after: bool = True
+    layer_norm: bool = False
 
     def _functions(self):
         return layers.init_gru, layers.gru, {"reset_after": self.reset_after}
+
+    def _cell_options(self):
+        return dict(layer_norm=self.layer_norm)
 
 
 class RNN(_CellStack):
@@ -256,19 +274,30 @@ class LSTMCell(_Cell):
 
         rnn = flax.linen.RNN(recurrent.linen.LSTMCell(32))
         y = rnn.apply({"params": {"cell": {"weights": lstm_params[0][0]}}}, x)
+
+    ``proj_size``, ``peephole`` and ``layer_norm`` are the options of
+    :func:`recurrent.cells.lstm_cell` (with ``proj_size=P``, ``h`` is ``(*batch, P)``).
     """
 
+    proj_size: int = 0
+    peephole: bool = False
+    layer_norm: bool = False
+
     def _cell(self):
-        return cells.lstm_cell(self.hidden_size, bias=self.bias, dtype=self.dtype,
-                               param_dtype=self.param_dtype)
+        return cells.lstm_cell(self.hidden_size, proj_size=self.proj_size,
+                               peephole=self.peephole, layer_norm=self.layer_norm,
+                               bias=self.bias, dtype=self.dtype, param_dtype=self.param_dtype)
 
 
 class GRUCell(_Cell):
     """The GRU cell of :func:`recurrent.gru`, one step at a time; the carry is ``h``
-    ``(*batch, hidden_size)``. ``reset_after=True`` is torch's form."""
+    ``(*batch, hidden_size)``. ``reset_after=True`` is torch's form; ``layer_norm`` as in
+    :func:`recurrent.cells.gru_cell`."""
 
     reset_after: bool = True
+    layer_norm: bool = False
 
     def _cell(self):
-        return cells.gru_cell(self.hidden_size, reset_after=self.reset_after, bias=self.bias,
-                              dtype=self.dtype, param_dtype=self.param_dtype)
+        return cells.gru_cell(self.hidden_size, reset_after=self.reset_after,
+                              layer_norm=self.layer_norm, bias=self.bias, dtype=self.dtype,
+                              param_dtype=self.param_dtype)

@@ -75,7 +75,7 @@ class _Stack(nnx.Module):
             raise TypeError(f"{name}: rngs must be an nnx.Rngs; got {type(rngs).__name__}")
         self.layers = _as_params(type(self)._init(
             rngs.params(), input_size, hidden_size, num_layers, bidirectional, bias=bias,
-            param_dtype=param_dtype))
+            param_dtype=param_dtype, **self._cell_options()))
         self.dropout = dropout
         self.deterministic = deterministic
         self.batch_first = batch_first
@@ -97,6 +97,10 @@ class _Stack(nnx.Module):
     def _initial_state(self, initial_state):
         """The state the layer starts from: ``initial_state`` as given."""
         return initial_state
+
+    def _cell_options(self) -> dict:
+        """Options of the cell for ``_init`` beyond ``bias`` and ``param_dtype``."""
+        return {}
 
     def get_params(self):
         """The functional params (plain arrays), as :func:`recurrent.init_lstm` makes them."""
@@ -229,6 +233,9 @@ class LSTM(_CellStack):
       learn_initial_state: learn ``(h_0, c_0)``: the attribute ``initial_state``, a pair
         of ``nnx.Param`` of shape ``(num_layers * num_directions, hidden_size)`` (zeros at
         init) broadcast over the batch; an ``initial_state`` passed at call replaces it.
+      proj_size, peephole, layer_norm: the cell options of
+        :func:`recurrent.cells.lstm_cell`; with ``proj_size=P``, ``y`` and ``h`` are ``P``
+        wide per direction.
     """
 
     _init = staticmethod(layers.init_lstm)
@@ -237,32 +244,43 @@ class LSTM(_CellStack):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  bidirectional: bool = False, dropout: float = 0.0, *,
-                 cell_zoneout: float = 0.0, **kwargs):
-        self.cell_zoneout = cell_zoneout  # read by _rates() in the base __init__
+                 cell_zoneout: float = 0.0, proj_size: int = 0, peephole: bool = False,
+                 layer_norm: bool = False, **kwargs):
+        # read by _rates() and _cell_options() in the base __init__
+        self.cell_zoneout = cell_zoneout
+        self.proj_size, self.peephole, self.layer_norm = proj_size, peephole, layer_norm
         super().__init__(input_size, hidden_size, num_layers, bidirectional, dropout,
                          **kwargs)
 
     def _rates(self):
         return {**super()._rates(), "cell_zoneout": self.cell_zoneout}
 
+    def _cell_options(self):
+        return dict(proj_size=self.proj_size, peephole=self.peephole,
+                    layer_norm=self.layer_norm)
+
 
 class GRU(_CellStack):
     """``torch.nn.GRU`` as an NNX module around :func:`recurrent.gru`; arguments as
-    :class:`LSTM` (no ``cell_zoneout``), plus ``reset_after`` (``True``: torch's form). The
-    state is ``h``."""
+    :class:`LSTM` (no ``cell_zoneout``), plus ``reset_after`` (``True``: torch's form) and
+    ``layer_norm`` (see :func:`recurrent.cells.gru_cell`). The state is ``h``."""
 
     _init = staticmethod(layers.init_gru)
     _layer = staticmethod(layers.gru)
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  bidirectional: bool = False, dropout: float = 0.0, *,
-                 reset_after: bool = True, **kwargs):
+                 reset_after: bool = True, layer_norm: bool = False, **kwargs):
+        self.layer_norm = layer_norm  # read by _cell_options() in the base __init__
         super().__init__(input_size, hidden_size, num_layers, bidirectional, dropout,
                          **kwargs)
         self.reset_after = reset_after
 
     def _options(self):
         return {"reset_after": self.reset_after}
+
+    def _cell_options(self):
+        return dict(layer_norm=self.layer_norm)
 
 
 class RNN(_CellStack):
@@ -351,22 +369,35 @@ class LSTMCell(_Cell):
 
         rnn = flax.nnx.RNN(recurrent.nnx.LSTMCell(8, 32, rngs=nnx.Rngs(0)))
         y = rnn(x)                                     # (batch, time, 32)
+
+    ``proj_size``, ``peephole`` and ``layer_norm`` are the options of
+    :func:`recurrent.cells.lstm_cell` (with ``proj_size=P``, ``h`` is ``(*batch, P)``).
     """
 
+    def __init__(self, input_size: int, hidden_size: int, *, proj_size: int = 0,
+                 peephole: bool = False, layer_norm: bool = False, **kwargs):
+        # read by _cell() in the base __init__
+        self.proj_size, self.peephole, self.layer_norm = proj_size, peephole, layer_norm
+        super().__init__(input_size, hidden_size, **kwargs)
+
     def _cell(self):
-        return cells.lstm_cell(self.hidden_size, bias=self.bias, dtype=self.dtype,
-                               param_dtype=self.param_dtype)
+        return cells.lstm_cell(self.hidden_size, proj_size=self.proj_size,
+                               peephole=self.peephole, layer_norm=self.layer_norm,
+                               bias=self.bias, dtype=self.dtype, param_dtype=self.param_dtype)
 
 
 class GRUCell(_Cell):
     """The GRU cell of :func:`recurrent.gru`, one step at a time; the carry is ``h``
-    ``(*batch, hidden_size)``. ``reset_after=True`` is torch's form."""
+    ``(*batch, hidden_size)``. ``reset_after=True`` is torch's form; ``layer_norm`` as in
+    :func:`recurrent.cells.gru_cell`."""
 
     def __init__(self, input_size: int, hidden_size: int, *, reset_after: bool = True,
-                 **kwargs):
-        self.reset_after = reset_after  # read by _cell() in the base __init__
+                 layer_norm: bool = False, **kwargs):
+        # read by _cell() in the base __init__
+        self.reset_after, self.layer_norm = reset_after, layer_norm
         super().__init__(input_size, hidden_size, **kwargs)
 
     def _cell(self):
-        return cells.gru_cell(self.hidden_size, reset_after=self.reset_after, bias=self.bias,
-                              dtype=self.dtype, param_dtype=self.param_dtype)
+        return cells.gru_cell(self.hidden_size, reset_after=self.reset_after,
+                              layer_norm=self.layer_norm, bias=self.bias, dtype=self.dtype,
+                              param_dtype=self.param_dtype)

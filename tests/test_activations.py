@@ -14,7 +14,8 @@ B, T, I, H = 3, 7, 5, 4
 
 
 def _np(params):
-    return [np.asarray(a, np.float64) for a in params]
+    return [np.asarray(a, np.float64) for a in (params.w_ih, params.w_hh, params.b_ih,
+                                                params.b_hh)]
 
 
 def numpy_lstm_gates(params, xs):

@@ -74,7 +74,7 @@ def test_init_is_torch_uniform(make, gates):
     bound = 1 / np.sqrt(hidden)
     assert p.w_ih.shape == (gates * hidden, 32) and p.w_hh.shape == (gates * hidden, hidden)
     assert p.b_ih.shape == p.b_hh.shape == (gates * hidden,)
-    for w in p:
+    for w in jax.tree.leaves(p):
         w = np.asarray(w)
         assert np.abs(w).max() <= bound
         assert np.abs(w).max() > 0.9 * bound  # spread over the whole interval
@@ -89,7 +89,7 @@ def test_init_options():
     np.testing.assert_array_equal(p.b_hh, np.zeros(4 * H))
     np.testing.assert_array_equal(p.w_ih, np.ones((4 * H, I)))
     p64 = recurrent.gru_cell(H, param_dtype=jnp.bfloat16).init(KEY, I)
-    assert all(w.dtype == jnp.bfloat16 for w in p64)
+    assert all(w.dtype == jnp.bfloat16 for w in jax.tree.leaves(p64))
 
 
 def test_initial_carry_shapes():

@@ -12,6 +12,8 @@ from recurrent import interop
 KEY = jax.random.PRNGKey(0)
 LSTM = recurrent.init_lstm(KEY, 4, 3, num_layers=2, bidirectional=True)
 GRU = recurrent.init_gru(KEY, 4, 3)
+PROJECTED = recurrent.init_lstm(KEY, 4, 3, num_layers=2, bidirectional=True, proj_size=2)
+PEEPHOLE = recurrent.init_lstm(KEY, 4, 3, num_layers=2, peephole=True)
 X = jnp.ones((2, 5, 4))
 
 
@@ -109,11 +111,65 @@ def test_state_dict_of_another_kind():
         interop.gru_from_torch(state)
 
 
-def test_state_dict_with_projection():
-    state = {k: v.numpy() for k, v in interop.lstm_to_torch(LSTM).items()}
-    state["weight_hr_l0"] = np.ones((2, 3))
-    with pytest.raises(ValueError, match="proj_size"):
+def test_state_dict_with_projection_of_the_wrong_shape():
+    state = {k: v.numpy() for k, v in interop.lstm_to_torch(PROJECTED).items()}
+    state["weight_hr_l0"] = np.ones((2, 4))
+    with pytest.raises(ValueError, match=r"weight_hh_l0 has shape \(12, 2\); expected "
+                                         r"\(4 \* hidden_size, proj_size\)"):
         interop.lstm_from_torch(state)
+    state = {k: v.numpy() for k, v in interop.lstm_to_torch(PROJECTED).items()}
+    del state["weight_hr_l1_reverse"]
+    with pytest.raises(ValueError, match=r"missing keys \['weight_hr_l1_reverse'\]"):
+        interop.lstm_from_torch(state)
+
+
+@pytest.mark.parametrize("proj_size", [3, 4, -1, 1.5, True])
+def test_proj_size_outside_zero_to_hidden_size(proj_size):
+    with pytest.raises(ValueError, match=r"lstm_cell: proj_size must be 0 \(no projection\) "
+                                         r"or an int in \[1, hidden_size=3\)"):
+        recurrent.init_lstm(KEY, 4, 3, proj_size=proj_size)
+
+
+@pytest.mark.parametrize("make, name", [(recurrent.lstm_cell, "peephole"),
+                                        (recurrent.lstm_cell, "layer_norm"),
+                                        (recurrent.gru_cell, "layer_norm")])
+def test_cell_flag_not_a_bool(make, name):
+    with pytest.raises(TypeError, match=f"{name} must be a bool; got 'yes'"):
+        make(3, **{name: "yes"})
+
+
+def test_projected_initial_state_of_wrong_shape():
+    h_0, c_0 = jnp.zeros((4, 2, 2)), jnp.zeros((4, 2, 3))
+    with pytest.raises(ValueError, match=r"initial_state\[0\] \(h_0\) has shape \(4, 2, 3\); "
+                                         r"expected \(4, 2, 2\) \(num_layers \* "
+                                         r"num_directions, batch, proj_size\)"):
+        recurrent.lstm(PROJECTED, X, initial_state=(c_0, c_0))
+    with pytest.raises(ValueError, match=r"initial_state\[1\] \(c_0\) has shape \(4, 2, 2\); "
+                                         r"expected \(4, 2, 3\)"):
+        recurrent.lstm(PROJECTED, X, initial_state=(h_0, h_0))
+
+
+def test_params_with_inconsistent_options():
+    layer = PEEPHOLE[1][0]
+    bad = (PEEPHOLE[0], (layer._replace(w_cf=jnp.ones(4)),))
+    with pytest.raises(ValueError, match=r"params\[1\]\[0\].w_cf has shape \(4,\); "
+                                         r"expected \(3,\)"):
+        recurrent.lstm(bad, X)
+    bad = (PEEPHOLE[0], (layer._replace(w_ci=None),))
+    with pytest.raises(ValueError, match=r"params\[1\]\[0\].w_ci is None but "
+                                         r"params\[0\]\[0\].w_ci is set"):
+        recurrent.lstm(bad, X)
+    bad = ((PROJECTED[0][0]._replace(w_hr=jnp.ones(3)),) + PROJECTED[0][1:], PROJECTED[1])
+    with pytest.raises(ValueError, match=r"params\[0\]\[0\].w_hr must be a \(proj_size, "
+                                         r"hidden_size\) matrix; got shape \(3,\)"):
+        recurrent.lstm(bad, X)
+
+
+def test_options_torch_does_not_have():
+    with pytest.raises(ValueError, match="lstm_to_torch: the params have w_ci, w_cf, w_co "):
+        interop.lstm_to_torch(PEEPHOLE)
+    with pytest.raises(ValueError, match="gru_to_torch: the params have gamma_ih, gamma_hh "):
+        interop.gru_to_torch(recurrent.init_gru(KEY, 4, 3, layer_norm=True))
 
 
 def test_not_a_state_dict():

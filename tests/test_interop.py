@@ -94,3 +94,39 @@ def test_numpy_state_dict_and_params_to_torch(torch):
     with torch.no_grad():
         np.testing.assert_allclose(recurrent.gru(params, jnp.asarray(x))[0],
                                    module(torch.tensor(x))[0].numpy(), atol=1e-5)
+
+
+def test_projection_parity_with_torch_packed_bidirectional(torch):
+    """torch.nn.LSTM(proj_size=P): outputs, h_n (P wide), c_n (H wide) and the input
+    gradient, two bidirectional layers over a packed sequence."""
+    P = 3
+    module = torch.nn.LSTM(I, H, num_layers=2, bidirectional=True, batch_first=True,
+                           proj_size=P)
+    params = interop.lstm_from_torch(module)
+    assert params[1][1].w_hr.shape == (P, H) and params[1][1].w_ih.shape == (4 * H, 2 * P)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((B, T, I)).astype(np.float32)
+    state = (rng.standard_normal((4, B, P)).astype(np.float32),
+             rng.standard_normal((4, B, H)).astype(np.float32))
+    want_y, want_finals, want_grad = _torch_run(torch, module, x, LENGTHS, state)
+    got_y, got_finals, got_grad = _jax_run(recurrent.lstm, params, x, LENGTHS, state)
+    assert got_y.shape == (B, T, 2 * P)
+    np.testing.assert_allclose(got_y, want_y, atol=1e-5)
+    for got, want in zip(got_finals, want_finals, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(got_grad, want_grad, atol=1e-5)
+
+
+def test_projection_state_dict_both_ways(torch):
+    """weight_hr_l{k}{_reverse} in and out, in torch's key order; params made by init_lstm
+    load into a torch module with the same proj_size."""
+    module = torch.nn.LSTM(I, H, num_layers=2, bidirectional=True, proj_size=2)
+    want = module.state_dict()
+    got = interop.lstm_to_torch(interop.lstm_from_torch(want))
+    assert list(got) == list(want) and "weight_hr_l1_reverse" in got
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+    params = recurrent.init_lstm(jax.random.PRNGKey(1), I, H, 2, True, proj_size=2)
+    module.load_state_dict(interop.lstm_to_torch(params))  # strict: keys and shapes fit
+    np.testing.assert_array_equal(module.weight_hr_l1_reverse.detach().numpy(),
+                                  params[1][1].w_hr)

@@ -79,5 +79,8 @@ def test_impl_choice_and_errors():
         recurrent.rnn(recurrent.init_rnn(jax.random.PRNGKey(0), I, 16), x, impl="pallas")
     with pytest.raises(ValueError, match="hidden_size=20"):
         recurrent.lstm(recurrent.init_lstm(jax.random.PRNGKey(0), I, 20), x, impl="pallas")
+    with pytest.raises(ValueError, match="with w_ci, w_cf, w_co"):
+        recurrent.lstm(recurrent.init_lstm(jax.random.PRNGKey(0), I, 16, peephole=True), x,
+                       impl="pallas")
     with pytest.raises(ValueError, match="impl must be one of"):
         recurrent.lstm(params, x, impl="cudnn")

@@ -18,6 +18,7 @@ from tests.digits import digits
 
 X = jax.random.normal(jax.random.key(0), (3, 5, 4))  # (batch, time, features)
 LENGTHS = jnp.array([5, 3, 1])
+OPTIONS = dict(proj_size=4, peephole=True, layer_norm=True)  # the LSTM cell options
 
 
 @pytest.mark.parametrize("module, init, layer, state", [
@@ -30,6 +31,10 @@ LENGTHS = jnp.array([5, 3, 1])
     (rl.RNN(6, bidirectional=True, nonlinearity="relu", bias=False),
      functools.partial(recurrent.init_rnn, bidirectional=True, bias=False),
      functools.partial(recurrent.rnn, nonlinearity="relu"), jnp.ones((2, 3, 6))),
+    (rl.LSTM(6, **OPTIONS), functools.partial(recurrent.init_lstm, **OPTIONS), recurrent.lstm,
+     (jnp.ones((1, 3, 4)), jnp.zeros((1, 3, 6)))),
+    (rl.GRU(6, layer_norm=True), functools.partial(recurrent.init_gru, layer_norm=True),
+     recurrent.gru, jnp.ones((1, 3, 6))),
 ])
 def test_module_equals_functional_layer(module, init, layer, state):
     params = init(jax.random.key(1), 4, 6)
@@ -80,16 +85,18 @@ def test_torch_weights_in_and_out():
                                   params[1][1].w_hh)
 
 
-def test_lstm_cell_in_flax_rnn_equals_lstm():
-    variables = {"params": {"layers": recurrent.init_lstm(jax.random.key(1), 4, 6)}}
+@pytest.mark.parametrize("options", [{}, OPTIONS])
+def test_lstm_cell_in_flax_rnn_equals_lstm(options):
+    variables = {"params": {"layers": recurrent.init_lstm(jax.random.key(1), 4, 6,
+                                                          **options)}}
     weights = variables["params"]["layers"][0][0]
-    rnn = nn.RNN(rl.LSTMCell(6), return_carry=True)
+    rnn = nn.RNN(rl.LSTMCell(6, **options), return_carry=True)
     assert jax.tree.structure(jax.eval_shape(rnn.init, jax.random.key(2), X)) == (
         jax.tree.structure({"params": {"cell": {"weights": weights}}}))
     (h, c), y = jax.jit(functools.partial(rnn.apply, seq_lengths=LENGTHS))(
         {"params": {"cell": {"weights": weights}}}, X)
-    y_ref, (h_ref, c_ref) = jax.jit(functools.partial(rl.LSTM(6).apply, return_state=True))(
-        variables, X, LENGTHS)
+    y_ref, (h_ref, c_ref) = jax.jit(functools.partial(rl.LSTM(6, **options).apply,
+                                                      return_state=True))(variables, X, LENGTHS)
     valid = (jnp.arange(5)[None, :] < LENGTHS[:, None])[..., None]  # (batch, time, 1)
     np.testing.assert_allclose(jnp.where(valid, y, 0), y_ref, atol=1e-6)
     np.testing.assert_allclose(h, h_ref[0], atol=1e-6)

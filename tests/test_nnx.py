@@ -18,6 +18,7 @@ from tests.digits import digits
 X = jax.random.normal(jax.random.key(0), (3, 5, 4))  # (batch, time, features)
 LENGTHS = jnp.array([5, 3, 1])
 VALID = (jnp.arange(5)[None, :] < LENGTHS[:, None])[..., None]  # (batch, time, 1)
+OPTIONS = dict(proj_size=4, peephole=True, layer_norm=True)  # the LSTM cell options
 
 
 @pytest.mark.parametrize("model, layer, state", [
@@ -27,6 +28,9 @@ VALID = (jnp.arange(5)[None, :] < LENGTHS[:, None])[..., None]  # (batch, time, 
      functools.partial(recurrent.gru, reset_after=False), jnp.ones((2, 3, 6))),
     (rn.RNN(4, 6, nonlinearity="relu", bias=False, rngs=nnx.Rngs(0)),
      functools.partial(recurrent.rnn, nonlinearity="relu"), jnp.ones((1, 3, 6))),
+    (rn.LSTM(4, 6, **OPTIONS, rngs=nnx.Rngs(0)), recurrent.lstm,
+     (jnp.ones((1, 3, 4)), jnp.zeros((1, 3, 6)))),
+    (rn.GRU(4, 6, layer_norm=True, rngs=nnx.Rngs(0)), recurrent.gru, jnp.ones((1, 3, 6))),
 ])
 def test_module_equals_functional_layer(model, layer, state):
     y, final = nnx.jit(lambda m: m(X, LENGTHS, state, return_state=True))(model)
@@ -71,9 +75,10 @@ def test_torch_weights_in_and_out():
     theirs.load_state_dict(recurrent.interop.gru_to_torch(model.get_params()))
 
 
-def test_lstm_cell_in_flax_rnn_equals_lstm():
-    model = rn.LSTM(4, 6, rngs=nnx.Rngs(1))
-    cell = rn.LSTMCell(4, 6, rngs=nnx.Rngs(2))
+@pytest.mark.parametrize("options", [{}, OPTIONS])
+def test_lstm_cell_in_flax_rnn_equals_lstm(options):
+    model = rn.LSTM(4, 6, **options, rngs=nnx.Rngs(1))
+    cell = rn.LSTMCell(4, 6, **options, rngs=nnx.Rngs(2))
     cell.set_params(model.get_params()[0][0])
     rnn = nnx.RNN(cell, return_carry=True)
     (h, c), y = nnx.jit(lambda r: r(X, seq_lengths=LENGTHS))(rnn)

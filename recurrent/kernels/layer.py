@@ -57,14 +57,17 @@ def configure(kind: str | None, impl: str, layer, batch: int, dtype) -> Config |
     if impl == "xla" or kind is None:
         return None
     p = layer[0]
-    plain = type(p) is _PARAMS[kind] and p.w_ih.dtype in (jnp.float32, jnp.bfloat16)
+    plain = (type(p) is _PARAMS[kind] and p.w_ih.dtype in (jnp.float32, jnp.bfloat16)
+             and all(getattr(p, f) is None for f in p._fields[4:]))  # no cell options
     on_gpu = jax.default_backend() == "gpu"
     hidden = p.w_hh.shape[-1]
     if impl == "fast" and not (on_gpu and plain and hidden <= AUTO_MAX_HIDDEN):
         return None
     if not plain:
+        options = [f for f in p._fields[4:] if getattr(p, f) is not None]
         raise ValueError(f"impl='pallas' runs only the plain {kind.upper()} with float32 or "
-                         f"bfloat16 params; got {type(p).__name__} of {p.w_ih.dtype}")
+                         f"bfloat16 params; got {type(p).__name__} of {p.w_ih.dtype}"
+                         + (f" with {', '.join(options)}" if options else ""))
     cores = jax.devices()[0].core_count if on_gpu else 1 << 30
     tiling = persistent.plan(kind, len(layer), batch, hidden, cores)
     if tiling is None:
