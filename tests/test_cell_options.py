@@ -136,3 +136,22 @@ def test_options_leave_the_other_weights_as_drawn():
         params = recurrent.lstm_cell(H, **opts).init(KEY, I)
         for name in plain._fields[:4]:
             np.testing.assert_array_equal(getattr(params, name), getattr(plain, name))
+
+
+def test_cell_options_compose_with_the_layer_options():
+    """Dropout, zoneout, per-step gates and a learned state run on top of every cell
+    option; at zero rates in evaluation they change nothing."""
+    params = recurrent.init_lstm(KEY, I, H, 2, True, **ALL)
+    x = jax.random.normal(KEY, (B, T, I))
+    y, _ = recurrent.lstm(params, x, LENGTHS)
+    y_eval, _ = recurrent.lstm(params, x, LENGTHS, input_dropout=0.3, hidden_zoneout=0.0,
+                               deterministic=True)
+    np.testing.assert_array_equal(y_eval, y)
+    y_train, (h_n, c_n), acts = recurrent.lstm(
+        params, x, LENGTHS, key=KEY, recurrent_dropout=0.3, cell_zoneout=0.2,
+        return_activations=True)
+    assert y_train.shape == (B, T, 2 * P) and h_n.shape == (4, B, P) and c_n.shape == (4, B, H)
+    assert acts[1][1]["h"].shape == (B, T, P) and acts[1][1]["c"].shape == (B, T, H)
+    module = recurrent.linen.LSTM(H, proj_size=P, peephole=True, learn_initial_state=True)
+    h_0, c_0 = module.init(KEY, x, deterministic=True)["params"]["initial_state"]
+    assert h_0.shape == (1, P) and c_0.shape == (1, H)
