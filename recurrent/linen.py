@@ -38,7 +38,7 @@ class _Stack(nn.Module):
     batch_first: bool = True
     dtype: Any = None
     param_dtype: Any = jnp.float32
-    unroll: int = 1
+    unroll: int | None = None
     rng_collection: str = "dropout"
 
     def _functions(self):
@@ -160,7 +160,7 @@ class LSTM(_CellStack):
       batch_first: ``x`` and ``y`` put batch first (torch's ``batch_first=True``).
       dtype: matmul dtype (e.g. ``jnp.bfloat16``), ``None`` for the params' dtype.
       param_dtype: dtype of the params.
-      unroll: scan steps per loop iteration.
+      unroll: scan steps per loop iteration; ``None``: 8 on a GPU, 1 elsewhere.
       rng_collection: the rng stream dropout draws from.
       input_dropout, recurrent_dropout: variational dropout (one mask per sequence) of
         each layer's input and of the hidden state fed to the recurrent matmuls.

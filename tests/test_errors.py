@@ -72,6 +72,12 @@ def test_dropout_outside_unit_interval(dropout):
         recurrent.lstm(LSTM, X, dropout=dropout, key=KEY)
 
 
+@pytest.mark.parametrize("unroll", [0, 2.0, True])
+def test_unroll_not_a_positive_int(unroll):
+    with pytest.raises(ValueError, match=f"unroll must be a positive int or None; got {unroll}"):
+        recurrent.gru(GRU, X, unroll=unroll)
+
+
 def test_dropout_without_key():
     with pytest.raises(ValueError, match="dropout=0.2 needs a PRNG key"):
         recurrent.lstm(LSTM, X, dropout=0.2)
