@@ -26,14 +26,13 @@ from recurrent.unroll import carry_dtype, unroll
 # through recurrent.fast instead, for cells with ``recurrence``.
 _UNROLLS = {
     "fast": unroll,
-    "xla": unroll,
     "pallas": unroll,
     "reference": unroll,
     "deer": partial(deer_unroll, jacobian="full"),
     "quasi_deer": partial(deer_unroll, jacobian="diagonal"),
     "parallel": parallel_unroll,
 }
-_NONLINEAR_IMPLS = ("fast", "xla", "pallas", "reference", "deer", "quasi_deer")
+_NONLINEAR_IMPLS = ("fast", "pallas", "reference", "deer", "quasi_deer")
 _LINEAR_IMPLS = ("parallel", "reference")
 
 
@@ -110,9 +109,8 @@ def _run_stack(fn: str, make_cell: Callable[..., Cell], params, x, seq_lengths,
         else:
             checks.check_state(fn, "initial_state", initial_state, state_shape)
 
-    if impl in ("fast", "xla", "pallas") and cell.recurrence is not None:
-        configs = [None if remat_chunk is not None and impl != "pallas" else
-                   kernel_layer.configure(kernel, impl, layer, batch, dtype)
+    if impl in ("fast", "pallas") and cell.recurrence is not None:
+        configs = [kernel_layer.configure(kernel, impl, layer, batch, dtype)
                    for layer in params]
         out, state = _run_fast(cell, params, x, seq_lengths, initial_state, dropout, key,
                                batch_first, unroll_steps, remat_chunk, pair, num_dirs,
@@ -164,7 +162,7 @@ def _scan_impl(fn: str, impl: str, reg: Regularization | None, return_activation
     runs only the plain cell."""
     if not _needs_scan(reg, return_activations):
         return impl
-    if impl not in ("fast", "xla", "reference"):
+    if impl not in ("fast", "reference"):
         raise ValueError(f"{fn}: input_dropout, recurrent_dropout, zoneout and "
                          f"return_activations run in the scan (impl='reference'); "
                          f"impl={impl!r} cannot run them")
@@ -261,11 +259,10 @@ _LAYER_DOC = """
       unroll: scan steps per loop iteration (``jax.lax.scan``'s ``unroll``); ``None``:
         :func:`default_unroll` (8 on a GPU, 1 elsewhere).
       impl: {impl_doc}
-      remat_chunk: with ``impl="fast"`` or ``"xla"``, rematerialise the scan in chunks of
+      remat_chunk: with ``impl="fast"``, rematerialise the scan in chunks of
         this many steps: training memory then grows with ``time`` only through the layer's inputs
         and outputs, at the cost of running the forward pass twice. ``None``: store every
-        step (on a GPU this also keeps ``"fast"`` on the XLA scan). Ignored by the other
-        ``impl`` s.{options_doc}
+        step. Ignored by the other ``impl`` s.{options_doc}
 
     Returns:
       ``(y, {state_out})``: ``y`` is ``(batch, time, num_directions * hidden_size)``
@@ -274,14 +271,12 @@ _LAYER_DOC = """
 {returns_doc}"""
 
 
-_NONLINEAR_IMPL_DOC = """``"fast"`` (the default: on a GPU, the persistent Pallas kernel of
-        :mod:`recurrent.kernels` for the LSTM and the GRU up to ``hidden_size`` 256, where it
-        measured faster, else ``"xla"``),
-        ``"xla"`` (both directions in one scan with a hand-written VJP, see
-        :mod:`recurrent.fast`), ``"pallas"`` (always the kernel; in interpret mode, slowly,
-        off GPU; ``ValueError`` where the sizes do not fit), ``"reference"`` (one
-        :func:`recurrent.unroll.unroll` per layer and direction, differentiated by JAX), or
-        ``"deer"`` / ``"quasi_deer"``: every step at once by Newton iterations over
+_NONLINEAR_IMPL_DOC = """``"fast"`` (the default: both directions in one XLA scan with a
+        hand-written VJP, see :mod:`recurrent.fast`), ``"pallas"`` (the persistent GPU
+        kernel of :mod:`recurrent.kernels` for the plain LSTM and the GRU; in interpret
+        mode, slowly, off GPU; ``ValueError`` where the sizes do not fit), ``"reference"``
+        (one :func:`recurrent.unroll.unroll` per layer and direction, differentiated by
+        JAX), or ``"deer"`` / ``"quasi_deer"``: every step at once by Newton iterations over
         associative scans with the full / diagonal Jacobian
         (:func:`recurrent.deer.deer_unroll`), which fall back to the scan when they do not
         converge and pay off only on parallel hardware. All agree to float32 rounding (DEER
@@ -309,7 +304,7 @@ _OPTIONS_DOC = """
 
       A positive zoneout, a positive dropout in training, or ``return_activations`` runs
       the scan of ``impl="reference"``, also when ``impl="fast"`` (the default) or
-      ``"xla"`` is asked for; ``"pallas"`` and the DEER impls refuse them. Otherwise
+      ``"fast"`` is asked for; ``"pallas"`` and the DEER impls refuse them. Otherwise
       ``impl`` runs as without them. Layer ``l``, direction ``d`` draws its masks by
       :func:`recurrent.regularize.draw_masks` from ``fold_in(split(key)[1], l *
       num_directions + d)``; ``dropout`` then uses ``split(key)[0]``. A learnable initial

@@ -19,10 +19,6 @@ from recurrent.kernels import persistent
 from recurrent.unroll import reverse_index
 
 _PARAMS = {"lstm": LSTMParams, "gru": GRUParams}
-# impl="fast" takes the kernel up to this hidden size: on an H100 it matched the XLA path's
-# forward and beat its training step (0.71-0.96x) at H=256, and lost at H=512 (1.1-1.4x)
-# and H=1024 (1.8-2.4x); benchmarks/results/gpu.md.
-AUTO_MAX_HIDDEN = 256
 _HIGHEST = ("highest", "float32")  # jax_default_matmul_precision values that rule out TF32
 
 
@@ -44,25 +40,25 @@ def _precision():
 
 
 def configure(kind: str | None, impl: str, layer, batch: int, dtype) -> Config | None:
-    """The kernel configuration for one layer, or ``None`` for the XLA path.
+    """The kernel configuration of one layer for ``impl="pallas"`` (interpret mode off GPU),
+    ``None`` for any other ``impl`` (the XLA path).
 
-    ``impl="fast"`` takes the kernel on a GPU when the sizes fit and ``hidden_size <=
-    AUTO_MAX_HIDDEN`` (where it measured faster); ``"pallas"`` always takes it (interpret
-    mode off GPU) and raises ``ValueError`` when they do not fit; ``"xla"`` never does.
-    Only the plain LSTM and the GRU in torch's form (``kind``) have kernels.
+    Only the plain LSTM and the GRU in torch's form (``kind``) have kernels; ``ValueError``
+    for other cells and for sizes no tiling fits. No ``impl`` picks the kernel by itself:
+    on an H100 it beat the XLA path only in training at hidden 256 (0.71-0.96x, against
+    ``unroll=1``), a margin the GPU default ``unroll=8`` (10-23% faster) may close;
+    benchmarks/results/gpu.md.
     """
-    if impl == "pallas" and kind is None:
+    if impl != "pallas":
+        return None
+    if kind is None:
         raise ValueError("impl='pallas': the kernels run the LSTM and the GRU with "
                          "reset_after=True only")
-    if impl == "xla" or kind is None:
-        return None
     p = layer[0]
     plain = (type(p) is _PARAMS[kind] and p.w_ih.dtype in (jnp.float32, jnp.bfloat16)
              and all(getattr(p, f) is None for f in p._fields[4:]))  # no cell options
     on_gpu = jax.default_backend() == "gpu"
     hidden = p.w_hh.shape[-1]
-    if impl == "fast" and not (on_gpu and plain and hidden <= AUTO_MAX_HIDDEN):
-        return None
     if not plain:
         options = [f for f in p._fields[4:] if getattr(p, f) is not None]
         raise ValueError(f"impl='pallas' runs only the plain {kind.upper()} with float32 or "
@@ -71,8 +67,6 @@ def configure(kind: str | None, impl: str, layer, batch: int, dtype) -> Config |
     cores = jax.devices()[0].core_count if on_gpu else 1 << 30
     tiling = persistent.plan(kind, len(layer), batch, hidden, cores)
     if tiling is None:
-        if impl == "fast":
-            return None
         raise ValueError(f"impl='pallas': no kernel tiling fits hidden_size={hidden}, "
                          f"batch={batch}, {len(layer)} direction(s) (hidden_size must be a "
                          f"multiple of {persistent.MIN_BLOCK}, and the blocks must fit the "
