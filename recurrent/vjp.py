@@ -188,8 +188,9 @@ def scan_fn(cell: Cell, unroll: int = 1):
         rest = params._replace(w_hh=None)  # the biases: their gradient is summed per step
 
         def body(state, inputs):
-            d_carry, d_rest = state
-            acts_t, (carry, xp_t, valid_t, recs, dy_t) = inputs
+            d_carry, d_rest, d_xp = state
+            acts_t, (t, carry, valid_t, recs, dy_t) = inputs
+            xp_t = jax.lax.dynamic_index_in_dim(d_xp, t, keepdims=False)  # still xp at step t
             recorded = iter(acts_t)
 
             def act(x, tanh_mask):
@@ -208,14 +209,18 @@ def scan_fn(cell: Cell, unroll: int = 1):
             dr, dc, dxp_t, dms = vjp((d_carry, dy_t))
             d_rest = jax.tree.map(jnp.add, d_rest, dr)
             same_as_dxp[:] = [dm is dxp_t for dm in dms]
-            return (dc, d_rest), (dxp_t, [None if same else dm
-                                          for dm, same in zip(dms, same_as_dxp, strict=True)])
+            d_xp = jax.lax.dynamic_update_index_in_dim(d_xp, dxp_t.astype(d_xp.dtype), t, 0)
+            return (dc, d_rest, d_xp), [None if same else dm
+                                        for dm, same in zip(dms, same_as_dxp, strict=True)]
 
         zeros = jax.tree.map(jnp.zeros_like, rest)
-        # the recorded gates are read a block at a time: fetched, so the loops vectorise
-        (d_carry0, d_rest), (d_xp, d_ms) = _scan(
-            body, (d_carry, zeros), acts, (carries, xp, valid, records, d_ys), xp.shape[0],
-            reverse=True, unroll=unroll)
+        time = xp.shape[0]
+        # the recorded gates are read a block at a time: fetched, so the loops vectorise;
+        # d_xp overwrites xp step by step (step t reads xp[t] before it writes d_xp[t]), so
+        # it needs no zero-filled buffer of its own
+        (d_carry0, d_rest, d_xp), d_ms = _scan(
+            body, (d_carry, zeros, xp), acts, (jnp.arange(time), carries, valid, records, d_ys),
+            time, reverse=True, unroll=unroll)
         d_w = jnp.zeros_like(w)
         time, batch = xp.shape[:2]
         leaves = jax.tree.leaves(carries)
