@@ -14,6 +14,11 @@ is one matmul over all ``time * batch`` rows::
     # forward                                   # backward, t = T-1 .. 0
     m_t = u_t @ w_hh.T    (recorded)            g_t, dxp_t, dcarry = vjp(step_t)(dcarry, dy_t)
     carry, y_t = step(carry, xp_t, m_t)         dW_hh = einsum("tbg,tbh->gh", g, u)
+
+Two layout choices are for XLA:CPU: a step input that the step reads in gate blocks
+(the GRU's ``xp_t``, every LSTM/GRU gate slab in the backward loop) comes from a
+loop-carried copy (see :func:`_scan`), and the backward loop writes ``dxp_t`` over
+``xp[t]`` instead of into a fresh zero-filled stack.
 """
 
 from __future__ import annotations
@@ -189,7 +194,8 @@ def scan_fn(cell: Cell, unroll: int = 1):
 
         def body(state, inputs):
             d_carry, d_rest, d_xp = state
-            acts_t, (t, carry, valid_t, recs, dy_t) = inputs
+            fetched_t, (t, carry, valid_t, recs, dy_t, streamed_t) = inputs
+            acts_t = streamed_t if fetched_t is None else fetched_t
             xp_t = jax.lax.dynamic_index_in_dim(d_xp, t, keepdims=False)  # still xp at step t
             recorded = iter(acts_t)
 
@@ -215,12 +221,16 @@ def scan_fn(cell: Cell, unroll: int = 1):
 
         zeros = jax.tree.map(jnp.zeros_like, rest)
         time = xp.shape[0]
-        # the recorded gates are read a block at a time: fetched, so the loops vectorise;
-        # d_xp overwrites xp step by step (step t reads xp[t] before it writes d_xp[t]), so
-        # it needs no zero-filled buffer of its own
+        # recorded gate slabs wider than the state are read a block at a time: fetched, so
+        # the loops vectorise; d_xp overwrites xp step by step (step t reads xp[t] before it
+        # writes d_xp[t]), so it needs no zero-filled buffer of its own
+        width = jax.tree.leaves(carries)[0].shape[-1]
+        fetch = any(a.shape[-1] > width for a in acts)
+        fetched, streamed = (acts, None) if fetch else (None, acts)
         (d_carry0, d_rest, d_xp), d_ms = _scan(
-            body, (d_carry, zeros, xp), acts, (jnp.arange(time), carries, valid, records, d_ys),
-            time, reverse=True, unroll=unroll)
+            body, (d_carry, zeros, xp), fetched,
+            (jnp.arange(time), carries, valid, records, d_ys, streamed), time, reverse=True,
+            unroll=unroll)
         d_w = jnp.zeros_like(w)
         time, batch = xp.shape[:2]
         leaves = jax.tree.leaves(carries)
