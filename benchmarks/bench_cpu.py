@@ -185,6 +185,7 @@ def main(argv=None):
     torch.set_num_threads(os.cpu_count())
     configs = QUICK_CONFIGS if args.quick else CONFIGS
     print(_machine())
+    load_before = os.getloadavg()
     print(HEADER, flush=True)
     rows, floors = [], []
     for cell in ("lstm", "gru"):
@@ -207,6 +208,9 @@ def main(argv=None):
     text = "\n".join([
         "# recurrent vs flax.linen vs torch on CPU", "",
         f"- machine: {_machine()}",
+        "- load average (1, 5, 15 min; this script adds up to 2) at the start: "
+        f"{', '.join(f'{v:.2f}' for v in load_before)}; at the end: "
+        f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}",
         f"- command: `python benchmarks/bench_cpu.py`; median ms of {args.repeats} "
         "interleaved repetitions after warm-up; fwd+bwd = gradient of sum(y) w.r.t. all "
         "params; `reference` is `impl=\"reference\"` (lax.scan differentiated by JAX)", "",
