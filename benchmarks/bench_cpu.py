@@ -11,14 +11,18 @@ every parameter. Each repetition runs every library once, interleaved, so that l
 other processes hits all of them alike; the table gives medians in ms and the ratios
 recurrent / torch and recurrent / flax (below 1: recurrent is faster). It then reports
 the compiled peak memory of one training step at ``T = 4096`` with and without
-``remat_chunk``. Everything is written to ``benchmarks/results/cpu.md`` with the machine
-and versions. ``main(argv)`` is the entry point for ``python -m recurrent bench``.
+``remat_chunk``, and, for each row, the time recurrent and flax spend inside matmul kernels
+(from a ``jax.profiler`` trace) next to the goals. Everything is written to
+``benchmarks/results/cpu.md`` with the machine and versions. ``main(argv)`` is the entry
+point for ``python -m recurrent bench``.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import os
+import tempfile
 from pathlib import Path
 
 import flax.linen as nn
@@ -97,18 +101,47 @@ def _libraries(cell, config):
     return libs
 
 
+def matmul_ms(fn, repeats=3):
+    """ms per ``fn()`` spent inside matmul kernels (XLA:CPU's ``ynn_fusion``/``dot`` thunks,
+    summed over threads), from a ``jax.profiler`` trace: what the matmuls alone cost."""
+    with tempfile.TemporaryDirectory() as where:
+        with jax.profiler.trace(where):
+            for _ in range(repeats):
+                jax.block_until_ready(fn())
+        trace = jax.profiler.ProfileData.from_file(
+            glob.glob(f"{where}/**/*.xplane.pb", recursive=True)[0])
+    events = (e for plane in trace.planes for line in plane.lines for e in line.events)
+    return sum(e.duration_ns for e in events
+               if e.name.startswith(("ynn_fusion", "dot"))) / repeats / 1e6
+
+
 HEADER = ("| cell | B, T, I, H | layers × dirs | pass | torch | flax | recurrent "
           "| reference | recurrent / torch | recurrent / flax |\n"
           "|---|---|---|---|---|---|---|---|---|---|")
 
 
-def _row(cell, config, mode, ms):
+FLOOR_HEADER = ("| cell | B, T, I, H | layers × dirs | pass | 0.8 × torch | 0.5 × flax "
+                "| recurrent | recurrent: in matmuls | flax: in matmuls |\n"
+                "|---|---|---|---|---|---|---|---|---|")
+
+
+def _describe(cell, config, mode):
     batch, time_steps, inputs, hidden, layers, bi = config
     return (f"| {cell.upper()} | {batch}, {time_steps}, {inputs}, {hidden} | "
-            f"{layers} × {2 if bi else 1} | {('forward', 'fwd+bwd')[mode]} | "
-            f"{ms['torch']:.1f} | {ms['flax']:.1f} | {ms['recurrent']:.1f} | "
-            f"{ms['reference']:.1f} | {ms['recurrent'] / ms['torch']:.2f} | "
-            f"{ms['recurrent'] / ms['flax']:.2f} |")
+            f"{layers} × {2 if bi else 1} | {('forward', 'fwd+bwd')[mode]} |")
+
+
+def _floor_row(cell, config, mode, ms, fns):
+    """The goals next to the time recurrent and flax spend in matmul kernels."""
+    return (f"{_describe(cell, config, mode)} {0.8 * ms['torch']:.1f} | {0.5 * ms['flax']:.1f} | "
+            f"{ms['recurrent']:.1f} | {matmul_ms(fns['recurrent']):.1f} | "
+            f"{matmul_ms(fns['flax']):.1f} |")
+
+
+def _row(cell, config, mode, ms):
+    return (f"{_describe(cell, config, mode)} {ms['torch']:.1f} | {ms['flax']:.1f} | "
+            f"{ms['recurrent']:.1f} | {ms['reference']:.1f} | "
+            f"{ms['recurrent'] / ms['torch']:.2f} | {ms['recurrent'] / ms['flax']:.2f} |")
 
 
 def peak_memory_mb(time_steps, remat_chunk, config=MEMORY_CONFIG):
@@ -152,24 +185,36 @@ def main(argv=None):
     torch.set_num_threads(os.cpu_count())
     configs = QUICK_CONFIGS if args.quick else CONFIGS
     print(_machine())
+    load_before = os.getloadavg()
     print(HEADER, flush=True)
-    rows = []
+    rows, floors = [], []
     for cell in ("lstm", "gru"):
         for config in configs:
             libs = _libraries(cell, config)
             for mode in (0, 1):
-                ms = measure({name: fns[mode] for name, fns in libs.items()}, args.repeats)
+                fns = {name: fns[mode] for name, fns in libs.items()}
+                ms = measure(fns, args.repeats)
                 rows.append(_row(cell, config, mode, ms))
+                floors.append(_floor_row(cell, config, mode, ms, fns))
                 print(rows[-1], flush=True)
+    floor = ["Where the time goes: the goals and recurrent's median (ms, from the table above) "
+             "next to the time one call spends inside XLA's matmul kernels (`jax.profiler`, "
+             "summed over threads; XLA may run independent kernels at once on 2 cores), a "
+             "floor for anything done around the matmuls.", "",
+             FLOOR_HEADER, *floors]
+    print("\n".join(floor))
     memory = _memory_table(256 if args.quick else 4096)
     print("\n".join(memory))
     text = "\n".join([
         "# recurrent vs flax.linen vs torch on CPU", "",
         f"- machine: {_machine()}",
+        "- load average (1, 5, 15 min; this script adds up to 2) at the start: "
+        f"{', '.join(f'{v:.2f}' for v in load_before)}; at the end: "
+        f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}",
         f"- command: `python benchmarks/bench_cpu.py`; median ms of {args.repeats} "
         "interleaved repetitions after warm-up; fwd+bwd = gradient of sum(y) w.r.t. all "
         "params; `reference` is `impl=\"reference\"` (lax.scan differentiated by JAX)", "",
-        HEADER, *rows, "", *memory, ""])
+        HEADER, *rows, "", *floor, "", *memory, ""])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(f"written to {args.out}")

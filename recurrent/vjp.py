@@ -14,6 +14,11 @@ is one matmul over all ``time * batch`` rows::
     # forward                                   # backward, t = T-1 .. 0
     m_t = u_t @ w_hh.T    (recorded)            g_t, dxp_t, dcarry = vjp(step_t)(dcarry, dy_t)
     carry, y_t = step(carry, xp_t, m_t)         dW_hh = einsum("tbg,tbh->gh", g, u)
+
+Two layout choices are for XLA:CPU: a step input that the step reads in gate blocks
+(the GRU's ``xp_t``, every LSTM/GRU gate slab in the backward loop) comes from a
+loop-carried copy (see :func:`_scan`), and the backward loop writes ``dxp_t`` over
+``xp[t]`` instead of into a fresh zero-filled stack.
 """
 
 from __future__ import annotations
@@ -71,6 +76,43 @@ def _replay_act_bwd(res, g):
 _replay_act.defvjp(_replay_act_fwd, _replay_act_bwd)
 
 
+def _scan(body, carry, fetched, streamed, length, reverse=False, unroll=1):
+    """``jax.lax.scan`` over two pytrees of ``(length, ...)`` inputs, ``body(carry, (f_t, s_t))``.
+
+    ``streamed`` is scanned as usual: XLA:CPU fuses its dynamic slice into the step's
+    elementwise loops. ``fetched`` reaches ``body`` as a loop-carried copy: step ``t`` copies
+    out step ``t+1``'s slice (``t-1``'s in reverse). LLVM does not vectorise a loop that
+    reads a dynamic slice at more than one offset (a GRU's gate blocks), and one that reads
+    a plain buffer runs at full SIMD width; the copy costs two small kernels per step.
+    """
+    step, start = (-1, length - 1) if reverse else (1, 0)
+
+    def at(t):  # every leaf of ``fetched`` at step ``t`` (clipped: the last step refetches)
+        t = jnp.clip(t, 0, length - 1)
+        return jax.tree.map(lambda v: jax.lax.dynamic_index_in_dim(v, t, keepdims=False),
+                            fetched)
+
+    def prefetching(state, inputs):
+        carry, fetched_t = state
+        t, streamed_t = inputs
+        carry, y = body(carry, (fetched_t, streamed_t))
+        return (carry, at(t + step)), y
+
+    (carry, _), ys = jax.lax.scan(prefetching, (carry, at(start)),
+                                  (jnp.arange(length), streamed), reverse=reverse,
+                                  unroll=unroll)
+    return carry, ys
+
+
+def _slices_input(cell: Cell, params, carry, xp_t):
+    """Whether ``cell.recurrence`` reads ``xp_t`` in slices (at more than one offset)."""
+    spec = lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype)  # noqa: E731
+    closed = jax.make_jaxpr(cell.activations)(*jax.tree.map(spec, (params, carry, xp_t)))
+    xp_var = closed.jaxpr.invars[-1]
+    return any(xp_var in eqn.invars and eqn.primitive.name in ("slice", "split")
+               for eqn in closed.jaxpr.eqns)
+
+
 def _advance(cell: Cell, params, carry, xp_t, valid_t, matmul, act):
     """One masked step: ``(new_carry, y_t)``; rows with ``valid_t`` false keep their carry."""
     a = cell.recurrence(params, carry, xp_t, matmul, act)
@@ -109,9 +151,11 @@ def scan_fn(cell: Cell, unroll: int = 1):
 
     def forward(params, xp, bias, carry, valid, save):
         w_t = params.w_hh.T  # (G*H, H) -> (H, G*H): the product needs no per-step transpose
+        fetch = _slices_input(cell, params, carry, xp[0])
 
         def body(carry, inputs):
-            xp_t, valid_t = inputs
+            xp_t, (streamed_xp_t, valid_t) = inputs
+            xp_t = streamed_xp_t if xp_t is None else xp_t
             records, acts, rows_seen, sources = [], [], [], []
             leaves = jax.tree.leaves(carry)
 
@@ -131,7 +175,8 @@ def scan_fn(cell: Cell, unroll: int = 1):
             row_slices[:], u_in_carry[:] = rows_seen, sources
             return new, ((y, carry, records, acts) if save else y)
 
-        return jax.lax.scan(body, carry, (xp, valid), unroll=unroll)
+        fetched, streamed = (xp, None) if fetch else (None, xp)
+        return _scan(body, carry, fetched, (streamed, valid), xp.shape[0], unroll=unroll)
 
     @jax.custom_vjp
     def scan(params, xp, bias, carry, valid):
@@ -148,8 +193,10 @@ def scan_fn(cell: Cell, unroll: int = 1):
         rest = params._replace(w_hh=None)  # the biases: their gradient is summed per step
 
         def body(state, inputs):
-            d_carry, d_rest = state
-            carry, xp_t, valid_t, recs, acts_t, dy_t = inputs
+            d_carry, d_rest, d_xp = state
+            fetched_t, (t, carry, valid_t, recs, dy_t, streamed_t) = inputs
+            acts_t = streamed_t if fetched_t is None else fetched_t
+            xp_t = jax.lax.dynamic_index_in_dim(d_xp, t, keepdims=False)  # still xp at step t
             recorded = iter(acts_t)
 
             def act(x, tanh_mask):
@@ -168,12 +215,21 @@ def scan_fn(cell: Cell, unroll: int = 1):
             dr, dc, dxp_t, dms = vjp((d_carry, dy_t))
             d_rest = jax.tree.map(jnp.add, d_rest, dr)
             same_as_dxp[:] = [dm is dxp_t for dm in dms]
-            return (dc, d_rest), (dxp_t, [None if same else dm
-                                          for dm, same in zip(dms, same_as_dxp, strict=True)])
+            d_xp = jax.lax.dynamic_update_index_in_dim(d_xp, dxp_t.astype(d_xp.dtype), t, 0)
+            return (dc, d_rest, d_xp), [None if same else dm
+                                        for dm, same in zip(dms, same_as_dxp, strict=True)]
 
         zeros = jax.tree.map(jnp.zeros_like, rest)
-        (d_carry0, d_rest), (d_xp, d_ms) = jax.lax.scan(
-            body, (d_carry, zeros), (carries, xp, valid, records, acts, d_ys), reverse=True,
+        time = xp.shape[0]
+        # recorded gate slabs wider than the state are read a block at a time: fetched, so
+        # the loops vectorise; d_xp overwrites xp step by step (step t reads xp[t] before it
+        # writes d_xp[t]), so it needs no zero-filled buffer of its own
+        width = jax.tree.leaves(carries)[0].shape[-1]
+        fetch = any(a.shape[-1] > width for a in acts)
+        fetched, streamed = (acts, None) if fetch else (None, acts)
+        (d_carry0, d_rest, d_xp), d_ms = _scan(
+            body, (d_carry, zeros, xp), fetched,
+            (jnp.arange(time), carries, valid, records, d_ys, streamed), time, reverse=True,
             unroll=unroll)
         d_w = jnp.zeros_like(w)
         time, batch = xp.shape[:2]

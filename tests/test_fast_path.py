@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import recurrent
-from recurrent.vjp import scan_fn
+from recurrent.vjp import _scan, scan_fn
 
 KEY = jax.random.PRNGKey(7)
 B, T, I, H = 3, 6, 4, 5
@@ -152,6 +152,24 @@ def test_scan_fn_gradients_match_autodiff_of_the_step_loop():
     want = _grad(loop, (0, 1, 2, 3))(params, xp, bias, h0)
     assert not np.any(got[0].w_ih)  # w_ih is not the scan's: the projection is outside
     _assert_close((got[0]._replace(w_ih=want[0].w_ih), *got[1:]), want, 1e-5)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_prefetching_scan_equals_lax_scan(reverse):
+    """``_scan`` hands each step the same slices as ``lax.scan``, fetched ones included."""
+    fetched = jax.random.normal(KEY, (T, B, 2 * H))  # read in two blocks, as gate slabs are
+    streamed = (jnp.arange(T * B, dtype=jnp.float32).reshape(T, B), None)
+
+    def body(c, inputs):
+        (f_t, (s_t, _)) = inputs
+        c = jnp.tanh(c * f_t[:, :H] + f_t[:, H:]) + s_t[:, None]
+        return c, (c, f_t)
+
+    c0 = jnp.ones((B, H))
+    got = _scan(body, c0, fetched, streamed, T, reverse=reverse)
+    want = jax.lax.scan(lambda c, xs: body(c, (xs[0], xs[1])), c0, (fetched, streamed),
+                        reverse=reverse)
+    _assert_close(got, want, 0)
 
 
 def test_impl_and_remat_chunk_are_checked():
