@@ -25,7 +25,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,7 +32,7 @@ import torch
 
 import recurrent
 
-from common import RESULTS, machine, measure
+from common import RESULTS, FlaxStack, jax_fns, machine, measure
 
 # (batch, time, input, hidden, layers, bidirectional)
 CONFIGS = [(32, 128, 64, 128, 1, False), (16, 512, 32, 64, 1, False),
@@ -41,33 +40,6 @@ CONFIGS = [(32, 128, 64, 128, 1, False), (16, 512, 32, 64, 1, False),
 QUICK_CONFIGS = [(8, 32, 16, 32, 1, False), (8, 32, 16, 32, 2, True)]
 MEMORY_CONFIG = (32, 4096, 64, 128)  # batch, time, input, hidden: one LSTM layer
 MEMORY_CHUNK = 64
-
-
-class _FlaxStack(nn.Module):
-    """``layers`` flax ``RNN``s, each ``Bidirectional`` when asked: flax's equivalent of
-    ``torch.nn.LSTM(num_layers=layers, bidirectional=...)``."""
-
-    cell: str
-    hidden: int
-    layers: int
-    bidirectional: bool
-
-    @nn.compact
-    def __call__(self, x):  # (batch, time, features) -> (batch, time, D * hidden)
-        make = nn.OptimizedLSTMCell if self.cell == "lstm" else nn.GRUCell
-        for _ in range(self.layers):
-            rnn = nn.RNN(make(self.hidden))
-            if self.bidirectional:
-                rnn = nn.Bidirectional(rnn, nn.RNN(make(self.hidden)))
-            x = rnn(x)
-        return x
-
-
-def _jax_fns(apply, params, x):
-    """Jitted ``forward()`` and ``training()`` (gradient of ``sum(y)``) closures."""
-    fwd = jax.jit(apply)
-    grad = jax.jit(jax.grad(lambda p, x: jnp.sum(apply(p, x))))
-    return (lambda: fwd(params, x)), (lambda: grad(params, x))
 
 
 def _libraries(cell, config):
@@ -79,11 +51,11 @@ def _libraries(cell, config):
                    else (recurrent.init_gru, recurrent.gru))
     params = init(key, inputs, hidden, layers, bi)
     libs = {
-        "recurrent": _jax_fns(lambda p, x: layer(p, x)[0], params, x),
-        "reference": _jax_fns(lambda p, x: layer(p, x, impl="reference")[0], params, x),
+        "recurrent": jax_fns(lambda p, x: layer(p, x)[0], params, x),
+        "reference": jax_fns(lambda p, x: layer(p, x, impl="reference")[0], params, x),
     }
-    module = _FlaxStack(cell, hidden, layers, bi)
-    libs["flax"] = _jax_fns(module.apply, module.init(key, x), x)
+    module = FlaxStack(cell, hidden, layers, bi)
+    libs["flax"] = jax_fns(module.apply, module.init(key, x), x)
 
     torch_layer = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(
         inputs, hidden, num_layers=layers, bidirectional=bi, batch_first=True)

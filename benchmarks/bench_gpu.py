@@ -25,7 +25,6 @@ import argparse
 import time
 from pathlib import Path
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,7 +32,7 @@ import numpy as np
 import recurrent
 from recurrent.kernels import persistent
 
-from common import RESULTS, machine, measure
+from common import RESULTS, FlaxStack, jax_fns, machine, measure
 
 # (batch, time, input, hidden, layers, bidirectional): the table of issue 6
 CONFIGS = [(64, 256, 256, 512, 1, False), (32, 1024, 128, 256, 1, False),
@@ -100,26 +99,8 @@ def barrier_timeouts(kind, config):
 
 
 def _jax_fns(apply, params, x):
-    fwd = jax.jit(apply)
-    grad = jax.jit(jax.grad(lambda p, x: jnp.sum(apply(p, x)), argnums=(0, 1)))
-    return (lambda: fwd(params, x)), (lambda: grad(params, x))
-
-
-class _FlaxStack(nn.Module):
-    cell: str
-    hidden: int
-    layers: int
-    bidirectional: bool
-
-    @nn.compact
-    def __call__(self, x):  # (batch, time, features) -> (batch, time, D * hidden)
-        make = nn.OptimizedLSTMCell if self.cell == "lstm" else nn.GRUCell
-        for _ in range(self.layers):
-            rnn = nn.RNN(make(self.hidden))
-            if self.bidirectional:
-                rnn = nn.Bidirectional(rnn, nn.RNN(make(self.hidden)))
-            x = rnn(x)
-        return x
+    """As :func:`common.jax_fns`, training differentiates with respect to ``x`` too."""
+    return jax_fns(apply, params, x, argnums=(0, 1))
 
 
 def _libraries(kind, config, torch):
@@ -131,7 +112,7 @@ def _libraries(kind, config, torch):
     params = init(key, inputs, hidden, layers, bi)
     libs = {name: _jax_fns(lambda p, x, impl=impl: run(p, x, impl=impl)[0], params, x)
             for name, impl in (("kernel", "pallas"), ("xla", "fast"))}
-    module = _FlaxStack(kind, hidden, layers, bi)
+    module = FlaxStack(kind, hidden, layers, bi)
     libs["flax"] = _jax_fns(module.apply, module.init(key, x), x)
     if kind == "lstm":
         libs["jax cuDNN"] = _jax_cudnn(config, x)

@@ -1,4 +1,5 @@
-"""What every benchmark script shares: interleaved timing and a description of the machine."""
+"""What every benchmark script shares: interleaved timing, a description of the machine, and
+the flax and jitted-closure setup the speed comparisons time."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 RESULTS = Path(__file__).parent / "results"
 PAUSE_S = 0.05
@@ -41,6 +44,34 @@ def measure(fns: dict, repeats: int) -> dict:
             time.sleep(PAUSE_S)
             times[name].append(time_ms(fns[name]))
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+class FlaxStack(nn.Module):
+    """``layers`` flax ``RNN``s, each ``Bidirectional`` when asked: flax's equivalent of
+    ``torch.nn.LSTM(num_layers=layers, bidirectional=...)``."""
+
+    cell: str
+    hidden: int
+    layers: int
+    bidirectional: bool
+
+    @nn.compact
+    def __call__(self, x):  # (batch, time, features) -> (batch, time, D * hidden)
+        make = nn.OptimizedLSTMCell if self.cell == "lstm" else nn.GRUCell
+        for _ in range(self.layers):
+            rnn = nn.RNN(make(self.hidden))
+            if self.bidirectional:
+                rnn = nn.Bidirectional(rnn, nn.RNN(make(self.hidden)))
+            x = rnn(x)
+        return x
+
+
+def jax_fns(apply, params, x, argnums=0):
+    """Jitted zero-argument ``forward()`` and ``training()`` closures: ``apply(params, x)``
+    and the gradient of ``sum(apply(params, x))`` with respect to ``argnums``."""
+    fwd = jax.jit(apply)
+    grad = jax.jit(jax.grad(lambda p, x: jnp.sum(apply(p, x)), argnums=argnums))
+    return (lambda: fwd(params, x)), (lambda: grad(params, x))
 
 
 def machine() -> str:
