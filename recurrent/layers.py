@@ -26,7 +26,6 @@ from recurrent.unroll import carry_dtype, unroll
 # through recurrent.fast instead, for cells with ``recurrence``.
 _UNROLLS = {
     "fast": unroll,
-    "pallas": unroll,
     "reference": unroll,
     "deer": partial(deer_unroll, jacobian="full"),
     "quasi_deer": partial(deer_unroll, jacobian="diagonal"),
@@ -259,8 +258,8 @@ _LAYER_DOC = """
       unroll: scan steps per loop iteration (``jax.lax.scan``'s ``unroll``); ``None``:
         :func:`default_unroll` (8 on a GPU, 1 elsewhere).
       impl: {impl_doc}
-      remat_chunk: with ``impl="fast"``, rematerialise the scan in chunks of
-        this many steps: training memory then grows with ``time`` only through the layer's inputs
+      remat_chunk: with ``impl="fast"``, rematerialise the scan in chunks of this many
+        steps: training memory then grows with ``time`` only through the layer's inputs
         and outputs, at the cost of running the forward pass twice. ``None``: store every
         step. Ignored by the other ``impl`` s.{options_doc}
 
@@ -303,9 +302,9 @@ _OPTIONS_DOC = """
       return_activations: also return every gate and state at every step.
 
       A positive zoneout, a positive dropout in training, or ``return_activations`` runs
-      the scan of ``impl="reference"``, also when ``impl="fast"`` (the default) or
-      ``"fast"`` is asked for; ``"pallas"`` and the DEER impls refuse them. Otherwise
-      ``impl`` runs as without them. Layer ``l``, direction ``d`` draws its masks by
+      the scan of ``impl="reference"``, also when ``impl="fast"`` (the default) is asked
+      for; ``"pallas"`` and the DEER impls refuse them. Otherwise ``impl`` runs as without
+      them. Layer ``l``, direction ``d`` draws its masks by
       :func:`recurrent.regularize.draw_masks` from ``fold_in(split(key)[1], l *
       num_directions + d)``; ``dropout`` then uses ``split(key)[0]``. A learnable initial
       state: see ``initial_state``."""
