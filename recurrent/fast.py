@@ -44,6 +44,30 @@ def _over_directions(fn, num_dirs, in_axes, out_axes):
     return single
 
 
+def directions_in(xs, seq_lengths, num_dirs: int):
+    """Both directions' inputs in scan order: ``xs (T, batch, F)`` to ``(T, D, batch, F)``,
+    direction 1 reversed within each sequence's valid part (its padding stays last), so
+    that both run forward in one scan. Also returns ``reorder``, which swaps a ``(T, batch,
+    ...)`` array between the two orders (it is its own inverse)."""
+    time = xs.shape[0]
+    if seq_lengths is None:
+        reorder = lambda v: v[::-1]  # noqa: E731
+    else:
+        idx = reverse_index(jnp.clip(seq_lengths, 0, time), time)[:, :, None]  # (T, batch, 1)
+        reorder = lambda v: jnp.take_along_axis(v, idx, axis=0)  # noqa: E731
+    order = jnp.stack([xs, reorder(xs)], axis=1) if num_dirs == 2 else xs[:, None]
+    return order, reorder
+
+
+def directions_out(ys, reorder):
+    """``ys (T, D, batch, H)`` in scan order to ``(T, batch, D*H)`` in input order, with
+    ``[forward, backward]`` on the last axis."""
+    if ys.shape[1] == 2:
+        ys = jnp.stack([ys[:, 0], reorder(ys[:, 1])], axis=1)
+    time, _, batch, _ = ys.shape
+    return jnp.swapaxes(ys, 1, 2).reshape(time, batch, -1)  # via (T, batch, D, H)
+
+
 def run_layer(cell: Cell, layer, xs, carry, seq_lengths=None, *, unroll: int = 1,
               remat_chunk: int | None = None):
     """One layer of ``D`` directions over time-major ``xs``.
@@ -65,15 +89,9 @@ def run_layer(cell: Cell, layer, xs, carry, seq_lengths=None, *, unroll: int = 1
     num_dirs = len(layer)
     time, batch = xs.shape[:2]
     stacked = jax.tree.map(lambda *p: jnp.stack(p), *layer)  # leaves (D, ...)
-    if seq_lengths is None:
-        valid, reorder = None, (lambda v: v[::-1])  # (T, ...) reversed in time
-    else:
-        lengths = jnp.clip(seq_lengths, 0, time)
-        valid = jnp.arange(time)[:, None] < lengths[None, :]  # (T, batch)
-        idx = reverse_index(lengths, time)[:, :, None]  # (T, batch, 1)
-        reorder = lambda v: jnp.take_along_axis(v, idx, axis=0)  # noqa: E731  (T, batch, F)
-    # scan order: (T, D, batch, I), direction 1 reversed
-    order = jnp.stack([xs, reorder(xs)], axis=1) if num_dirs == 2 else xs[:, None]
+    valid = (None if seq_lengths is None else
+             jnp.arange(time)[:, None] < jnp.clip(seq_lengths, 0, time)[None, :])  # (T, batch)
+    order, reorder = directions_in(xs, seq_lengths, num_dirs)  # (T, D, batch, I)
 
     def project(p, x):  # (K, batch, I) -> (K, batch, G*H) and the bias (G*H,)
         # project is affine: its constant part is project(p, 0), added inside the scan
@@ -107,7 +125,4 @@ def run_layer(cell: Cell, layer, xs, carry, seq_lengths=None, *, unroll: int = 1
         valid = None if valid is None else valid.reshape(n, k, batch)  # (n, K, batch)
         carry, ys = jax.lax.scan(jax.checkpoint(chunk), carry, (order, valid))
         ys = ys.reshape(n * k, *ys.shape[2:])[:time]  # (n, K, D, B, H) -> (T, D, B, H)
-    if num_dirs == 2:
-        ys = jnp.stack([ys[:, 0], reorder(ys[:, 1])], axis=1)  # back to input order
-    ys = jnp.swapaxes(ys, 1, 2)  # (T, D, batch, H) -> (T, batch, D, H)
-    return ys.reshape(time, batch, -1), carry  # (T, batch, D*H)
+    return directions_out(ys, reorder), carry  # (T, batch, D*H)

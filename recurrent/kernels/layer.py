@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from recurrent.cells import Cell, GRUParams, LSTMParams
+from recurrent.fast import directions_in, directions_out
 from recurrent.kernels import persistent
-from recurrent.unroll import reverse_index
 
 _PARAMS = {"lstm": LSTMParams, "gru": GRUParams}
 _HIGHEST = ("highest", "float32")  # jax_default_matmul_precision values that rule out TF32
@@ -124,14 +124,9 @@ def run_layer(cell: Cell, config: Config, layer, xs, carry, seq_lengths=None):
     time, batch = xs.shape[:2]
     hidden = layer[0].w_hh.shape[-1]
     stacked = jax.tree.map(lambda *p: jnp.stack(p), *layer)  # leaves (D, ...)
-    if seq_lengths is None:
-        lengths = jnp.full((batch,), time, jnp.int32)
-        reorder = lambda v: v[::-1]  # noqa: E731
-    else:
-        lengths = jnp.clip(seq_lengths, 0, time).astype(jnp.int32)
-        idx = reverse_index(lengths, time)[:, :, None]  # (T, batch, 1)
-        reorder = lambda v: jnp.take_along_axis(v, idx, axis=0)  # noqa: E731
-    order = jnp.stack([xs, reorder(xs)], axis=1) if num_dirs == 2 else xs[:, None]
+    lengths = (jnp.full((batch,), time, jnp.int32) if seq_lengths is None
+               else jnp.clip(seq_lengths, 0, time).astype(jnp.int32))
+    order, reorder = directions_in(xs, seq_lengths, num_dirs)  # (T, D, batch, I)
     pad = config.plan.batch - batch  # padded rows have length 0: they never change
     order = jnp.pad(order, ((0, 0), (0, 0), (0, pad), (0, 0)))  # (T, D, Bp, I)
     xp = jax.vmap(cell.project, in_axes=(0, 1), out_axes=1)(stacked, order)  # (T, D, Bp, G*H)
@@ -144,8 +139,5 @@ def run_layer(cell: Cell, config: Config, layer, xs, carry, seq_lengths=None):
     hs = hs[:, :, :batch]  # (T, D, batch, H)
     h_n = hs[-1]  # rows past their length kept their state: this is it at the last valid step
     valid = jnp.arange(time)[:, None] < lengths[None, :]  # (T, batch)
-    ys = jnp.where(valid[:, None, :, None], hs, 0)
-    if num_dirs == 2:
-        ys = jnp.stack([ys[:, 0], reorder(ys[:, 1])], axis=1)  # back to input order
-    ys = jnp.swapaxes(ys, 1, 2).reshape(time, batch, num_dirs * hidden)
+    ys = directions_out(jnp.where(valid[:, None, :, None], hs, 0), reorder)
     return ys, ((h_n, c_n[:, :batch]) if config.kind == "lstm" else h_n)
