@@ -6,8 +6,9 @@ correctness on the GPU.
 
 First it checks the kernel (``impl="pallas"``) against the XLA path (``impl="fast"``) at
 full float32 precision: outputs, final states and every gradient, bidirectional and
-stacked, with ``seq_lengths`` and a random initial state, in float32 (relative error
-<= 1e-5) and bfloat16 (<= 1e-2), and that no grid barrier timed out. Then, for the LSTM
+stacked, with ``seq_lengths`` and a random initial state, in float32 and bfloat16 (it
+reports the largest relative error; the targets are 1e-5 and 1e-2), and the number of grid
+barriers that timed out (0 when sound). Then, for the LSTM
 and the GRU at each configuration, it times ``torch.nn.LSTM``/``GRU`` (cuDNN),
 ``jax.experimental.rnn.lstm`` (cuDNN, LSTM only), flax ``RNN(OptimizedLSTMCell)`` /
 ``RNN(GRUCell)``, ``recurrent`` with ``impl="fast"`` (the XLA path, at the GPU default
@@ -95,7 +96,7 @@ def barrier_timeouts(kind, config):
         kind, p, jnp.full((p.batch,), time_steps, jnp.int32), xp, w_t,
         jnp.zeros((num_dirs, hidden)), zeros, zeros, dtype=None,
         precision=jax.lax.Precision.DEFAULT, interpret=False))()
-    return int(out[-1][:, 1].sum()), p
+    return int(out[-1][:, 1].sum())
 
 
 def _jax_fns(apply, params, x):
@@ -249,7 +250,7 @@ def main(argv=None):
             for dtype in (None, jnp.bfloat16)[:args.check_dtypes]:
                 try:
                     err = check(kind, config, dtype)
-                    timeouts, _ = barrier_timeouts(kind, config)
+                    timeouts = barrier_timeouts(kind, config)
                     emit(f"| {kind} | {config} | {jnp.dtype(dtype or jnp.float32).name} | "
                          f"{err['value']:.1e} | {err['grad']:.1e} | {timeouts} |")
                 except Exception as e:  # keep going: the rest of the table still informs
