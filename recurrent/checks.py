@@ -143,10 +143,13 @@ def check_dropout(fn: str, dropout: float, key) -> None:
         raise ValueError(f"{fn}: dropout={dropout} needs a PRNG key: pass key=...")
 
 
-def check_size(fn: str, name: str, value) -> None:
-    """A size argument must be a positive int."""
+def check_size(fn: str, name: str, value, optional: bool = False) -> None:
+    """A size argument must be a positive int (or ``None`` when ``optional``)."""
+    if optional and value is None:
+        return
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{fn}: {name} must be a positive int; got {value!r}")
+        expected = "a positive int or None" if optional else "a positive int"
+        raise ValueError(f"{fn}: {name} must be {expected}; got {value!r}")
 
 
 def check_flag(fn: str, name: str, value) -> None:

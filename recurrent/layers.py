@@ -71,13 +71,10 @@ def _run_stack(fn: str, make_cell: Callable[..., Cell], params, x, seq_lengths,
     if impl not in impls:
         raise ValueError(f"{fn}: impl must be one of {', '.join(map(repr, impls))}; "
                          f"got {impl!r}")
+    checks.check_size(fn, "unroll", unroll_steps, optional=True)
+    checks.check_size(fn, "remat_chunk", remat_chunk, optional=True)
     if unroll_steps is None:
         unroll_steps = default_unroll()
-    elif not isinstance(unroll_steps, int) or isinstance(unroll_steps, bool) or unroll_steps < 1:
-        raise ValueError(f"{fn}: unroll must be a positive int or None; got {unroll_steps!r}")
-    if remat_chunk is not None and (not isinstance(remat_chunk, int) or remat_chunk < 1):
-        raise ValueError(f"{fn}: remat_chunk must be a positive int or None, got "
-                         f"{remat_chunk!r}")
     probe = make_cell(1)
     sizes = checks.check_stack(fn, params, probe.params_type, probe.gates)
     batch, _ = checks.check_input(fn, x, sizes, batch_first)
