@@ -8,8 +8,10 @@ For one layer with ``D`` directions this computes the same as ``D`` calls of
 - the backward direction's input is reversed (each sequence from its own last valid step)
   before the projection, so both directions run forward in one scan, ``vmap``-ed over
   ``D``, and the projection of both is one batched matmul;
-- the scan is :func:`recurrent.vjp.scan_fn`'s, whose backward pass computes the weight
-  gradients as single matmuls over all steps;
+- projection and scan are :func:`recurrent.vjp.layer_fn`'s, whose backward pass computes
+  the weight gradients as single matmuls over all steps, and which, when not
+  differentiated, projects a long sequence a chunk of steps at a time
+  (:func:`projection_chunk`);
 - with ``remat_chunk=K`` the layer runs as a scan over chunks of ``K`` steps, each chunk
   (projection and scan) rematerialised in the backward pass, so training keeps only the
   carry at chunk boundaries besides the layer's inputs and outputs.
@@ -22,7 +24,7 @@ import jax.numpy as jnp
 
 from recurrent.cells import Cell
 from recurrent.unroll import reverse_index
-from recurrent.vjp import scan_fn
+from recurrent.vjp import layer_fn
 
 
 def _over_directions(fn, num_dirs, in_axes, out_axes):
@@ -68,6 +70,21 @@ def directions_out(ys, reorder):
     return jnp.swapaxes(ys, 1, 2).reshape(time, batch, -1)  # via (T, batch, D, H)
 
 
+PROJECTION_BYTES = 8 << 20
+
+
+def projection_chunk(time: int, width: int) -> int | None:
+    """Steps projected at once when not differentiated, for ``width`` float32 projected
+    inputs a step: ``None`` (all) when they fit twice ``PROJECTION_BYTES``, else the most
+    steps (a power of two) that fit ``PROJECTION_BYTES``. On CPU a larger array costs more
+    in fresh pages and cache misses than the outer loop costs (``benchmarks/``)."""
+    step_bytes = 4 * width
+    if time * step_bytes <= 2 * PROJECTION_BYTES:
+        return None
+    steps = max(1, PROJECTION_BYTES // step_bytes)
+    return 1 << (steps.bit_length() - 1)
+
+
 def run_layer(cell: Cell, layer, xs, carry, seq_lengths=None, *, unroll: int = 1,
               remat_chunk: int | None = None):
     """One layer of ``D`` directions over time-major ``xs``.
@@ -92,23 +109,13 @@ def run_layer(cell: Cell, layer, xs, carry, seq_lengths=None, *, unroll: int = 1
     valid = (None if seq_lengths is None else
              jnp.arange(time)[:, None] < jnp.clip(seq_lengths, 0, time)[None, :])  # (T, batch)
     order, reorder = directions_in(xs, seq_lengths, num_dirs)  # (T, D, batch, I)
-
-    def project(p, x):  # (K, batch, I) -> (K, batch, G*H) and the bias (G*H,)
-        # project is affine: its constant part is project(p, 0), added inside the scan
-        linear = cell.project(p._replace(b_ih=None, b_hh=None), x.reshape(-1, x.shape[-1]))
-        bias = cell.project(p, jnp.zeros(x.shape[-1:], x.dtype))
-        return linear.reshape(*x.shape[:2], -1), bias  # (K*batch, G*H) -> (K, batch, G*H)
-
-    def scan(p, xp, bias, c, v):
-        return scan_fn(cell, unroll)(p._replace(w_ih=None), xp, bias, c, v)
-
-    project = _over_directions(project, num_dirs, (0, 1), (1, 0))
-    scan = _over_directions(scan, num_dirs, (0, 1, 0, 0, None), (0, 1))
+    width = cell.gates * jax.tree.leaves(carry)[-1].shape[-1] * num_dirs * batch
+    run = _over_directions(layer_fn(cell, unroll, projection_chunk(time, width)), num_dirs,
+                           (0, 1, 0, None), (0, 1))
 
     def chunk(carry, inputs):
         x, v = inputs  # (K, D, batch, I), (K, batch) or None
-        xp, bias = project(stacked, x)  # (K, D, batch, G*H), (D, G*H)
-        return scan(stacked, xp, bias, carry, v)  # carry, (K, D, batch, H)
+        return run(stacked, x, carry, v)  # carry, (K, D, batch, H)
 
     if remat_chunk is None or remat_chunk >= time:
         carry, ys = chunk(carry, (order, valid))

@@ -1,27 +1,36 @@
-"""One direction's scan with a hand-written VJP: weight gradients as single matmuls.
+"""One direction of a layer with a hand-written VJP: weight gradients as single matmuls.
 
 JAX differentiates ``lax.scan`` step by step: the backward loop carries ``dW_hh`` and adds
 a ``(G*H, batch) @ (batch, H)`` outer product into it at every step, next to the
 ``(batch, G*H) @ (G*H, H)`` product that propagates ``dh``, and it recomputes or stores
-every intermediate of the step. :func:`scan` keeps only the second product in the loop.
+every intermediate of the step. :func:`layer_fn` keeps only the second product in the loop.
 Its forward pass records, at every step, the carry, the input ``u`` and result ``m`` of
 each recurrent matmul (``cell.recurrence``'s ``matmul(u, rows)`` hook) and the output of
 each sigmoid/tanh (its ``act`` hook). Its backward loop replays them, so it runs no
 transcendental function and no forward matmul, propagates the carry's cotangent and emits
 each matmul's output cotangent ``g_t``; after the loop, ``dW_hh[rows] = sum_t g_t.T @ u_t``
-is one matmul over all ``time * batch`` rows::
+is one matmul over all ``time * batch`` rows, and so are ``dW_ih`` and ``dx``::
 
     # forward                                   # backward, t = T-1 .. 0
+    xp = x @ w_ih.T + b   (one matmul)
     m_t = u_t @ w_hh.T    (recorded)            g_t, dxp_t, dcarry = vjp(step_t)(dcarry, dy_t)
     carry, y_t = step(carry, xp_t, m_t)         dW_hh = einsum("tbg,tbh->gh", g, u)
+                                                dW_ih, dx = dxp.T @ x, dxp @ w_ih
 
-Two layout choices are for XLA:CPU: a step input that the step reads in gate blocks
-(the GRU's ``xp_t``, every LSTM/GRU gate slab in the backward loop) comes from a
-loop-carried copy (see :func:`_scan`), and the backward loop writes ``dxp_t`` over
-``xp[t]`` instead of into a fresh zero-filled stack.
+Memory: one ``(time, batch, G*H)`` array serves the whole training step. Step ``t`` of the
+forward loop overwrites ``xp[t]`` with the activations it records (when they fill exactly
+one row: the LSTM's four gates, the GRU's three), and step ``t`` of the backward loop
+overwrites those with ``dxp_t``; no zero-filled stack is written for them. Unless
+differentiated, the projection runs a chunk of steps at a time.
+
+For XLA:CPU, a row that the step reads in gate blocks (the GRU's ``xp_t``, every
+LSTM/GRU gate row in the backward loop) comes from a loop-carried copy (see
+:func:`_scan`).
 """
 
 from __future__ import annotations
+
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -76,32 +85,44 @@ def _replay_act_bwd(res, g):
 _replay_act.defvjp(_replay_act_fwd, _replay_act_bwd)
 
 
-def _scan(body, carry, fetched, streamed, length, reverse=False, unroll=1):
-    """``jax.lax.scan`` over two pytrees of ``(length, ...)`` inputs, ``body(carry, (f_t, s_t))``.
+def _scan(body, carry, buffer, streamed, length, *, fetch, reverse=False, unroll=1):
+    """``jax.lax.scan`` over ``streamed`` that also carries ``buffer``, rewritten in place.
 
-    ``streamed`` is scanned as usual: XLA:CPU fuses its dynamic slice into the step's
-    elementwise loops. ``fetched`` reaches ``body`` as a loop-carried copy: step ``t`` copies
-    out step ``t+1``'s slice (``t-1``'s in reverse). LLVM does not vectorise a loop that
-    reads a dynamic slice at more than one offset (a GRU's gate blocks), and one that reads
-    a plain buffer runs at full SIMD width; the copy costs two small kernels per step.
+    ``body(carry, buffer_t, streamed_t) -> (carry, new_t, y)``: step ``t`` reads
+    ``buffer[t]`` and, unless ``new_t`` is ``None``, overwrites it with ``new_t``, so a
+    buffer whose old rows are dead after their step (the projected inputs, then the recorded
+    gates) needs no second array. Returns ``(carry, buffer, ys)``.
+
+    With ``fetch``, ``buffer[t]`` reaches ``body`` as a loop-carried copy: step ``t`` copies
+    out step ``t+1``'s row (``t-1``'s in reverse) after it writes its own. LLVM does not
+    vectorise a loop that reads a dynamic slice at more than one offset (a GRU's gate
+    blocks), and one that reads a plain buffer runs at full SIMD width; the copy costs two
+    small kernels per step. Without ``fetch`` the dynamic slice fuses into the step's
+    elementwise loops.
     """
     step, start = (-1, length - 1) if reverse else (1, 0)
 
-    def at(t):  # every leaf of ``fetched`` at step ``t`` (clipped: the last step refetches)
+    def at(buffer, t):  # every leaf of ``buffer`` at step ``t``, clipped
         t = jnp.clip(t, 0, length - 1)
         return jax.tree.map(lambda v: jax.lax.dynamic_index_in_dim(v, t, keepdims=False),
-                            fetched)
+                            buffer)
 
-    def prefetching(state, inputs):
-        carry, fetched_t = state
+    def advance(state, inputs):
+        carry, buffer, fetched_t = state
         t, streamed_t = inputs
-        carry, y = body(carry, (fetched_t, streamed_t))
-        return (carry, at(t + step)), y
+        carry, new_t, y = body(carry, fetched_t if fetch else at(buffer, t), streamed_t)
+        if new_t is not None:
+            buffer = jax.tree.map(
+                lambda b, n: jax.lax.dynamic_update_index_in_dim(b, n.astype(b.dtype), t, 0),
+                buffer, new_t)
+        # read from the written buffer: an earlier read of the old one would make XLA copy it
+        fetched_t = at(buffer, t + step) if fetch else None
+        return (carry, buffer, fetched_t), y
 
-    (carry, _), ys = jax.lax.scan(prefetching, (carry, at(start)),
-                                  (jnp.arange(length), streamed), reverse=reverse,
-                                  unroll=unroll)
-    return carry, ys
+    (carry, buffer, _), ys = jax.lax.scan(
+        advance, (carry, buffer, at(buffer, start) if fetch else None),
+        (jnp.arange(length), streamed), reverse=reverse, unroll=unroll)
+    return carry, buffer, ys
 
 
 def _slices_input(cell: Cell, params, carry, xp_t):
@@ -126,17 +147,34 @@ def _advance(cell: Cell, params, carry, xp_t, valid_t, matmul, act):
     return new, y
 
 
-def scan_fn(cell: Cell, unroll: int = 1):
-    """``scan(params, xp, bias, carry, valid) -> (carry, ys)``: ``cell`` over ``xp``'s time.
+def _packed(widths, width):
+    """How many leading activations fill exactly one ``width``-wide row, or 0."""
+    total = 0
+    for k, w in enumerate(widths, 1):
+        total += w
+        if total == width:
+            return k
+    return 0
 
-    Equal to ``jax.lax.scan`` of ``cell.step`` over ``xp + bias`` (masked by ``valid``), with
-    the VJP described in the module docstring.
 
-    Args of ``scan``:
-      params: the cell's params with ``w_ih`` set to ``None`` (the projection is outside).
-      xp: ``(time, batch, G*H)`` projected inputs, in the order the scan runs.
-      bias: ``(G*H,)``, added to every step of ``xp`` inside the loop (where the add is
-        free: it fuses into the step's elementwise work, not one more pass over ``xp``).
+def layer_fn(cell: Cell, unroll: int = 1, chunk: int | None = None):
+    """``run(params, xs, carry, valid) -> (carry, ys)``: one direction of a layer.
+
+    Equal to projecting ``xs`` with ``cell.project`` and running ``jax.lax.scan`` of
+    ``cell.step`` over it (masked by ``valid``), with the VJP described in the module
+    docstring.
+
+    Unless differentiated, the projection runs ``chunk`` steps at a time inside an outer
+    loop, so no ``(time, batch, G*H)`` array exists at once. When differentiated, the
+    forward pass projects every step in one matmul and overwrites each step's projected
+    input with the activations the backward pass replays, which then overwrites them with
+    their cotangents: one such array serves the whole training step, and no zero-filled
+    stack is written for the recorded gates. After the loop, ``dW_ih`` and ``dx`` are one
+    matmul each over all steps.
+
+    Args of ``run``:
+      params: the cell's params.
+      xs: ``(time, batch, input)``, in the order the scan runs.
       carry: the initial carry, leaves ``(batch, H)``.
       valid: ``(time, batch)`` booleans (a false step keeps the carry and outputs zero), or
         ``None``.
@@ -146,16 +184,24 @@ def scan_fn(cell: Cell, unroll: int = 1):
     replay = _replay(cell.dtype)
     # Read while tracing: each recurrent matmul's ``rows``, and which carry leaf is its
     # input ``u`` (``None``: ``u`` is recorded); whether its output cotangent is the same
-    # array as ``xp``'s (they enter as a sum, as in the LSTM: emitted once).
-    row_slices, u_in_carry, same_as_dxp = [], [], []
+    # array as ``xp``'s (they enter as a sum, as in the LSTM: emitted once); how many
+    # leading activations are packed into ``xp``'s row.
+    row_slices, u_in_carry, same_as_dxp, packed, widths = [], [], [], [0], []
+
+    def project(params, x):  # (K, batch, I) -> (K, batch, G*H), without the biases
+        linear = cell.project(params._replace(b_ih=None, b_hh=None), x.reshape(-1, x.shape[-1]))
+        return linear.reshape(*x.shape[:2], -1)
+
+    def bias_of(params, x):  # (G*H,): project is affine, its constant part is project(p, 0)
+        return cell.project(params, jnp.zeros(x.shape[-1:], x.dtype))
 
     def forward(params, xp, bias, carry, valid, save):
+        """The scan over projected inputs ``xp (time, batch, G*H)``; with ``save``, also the
+        residuals, the packed activations written over ``xp``."""
         w_t = params.w_hh.T  # (G*H, H) -> (H, G*H): the product needs no per-step transpose
         fetch = _slices_input(cell, params, carry, xp[0])
 
-        def body(carry, inputs):
-            xp_t, (streamed_xp_t, valid_t) = inputs
-            xp_t = streamed_xp_t if xp_t is None else xp_t
+        def body(carry, xp_t, valid_t):
             records, acts, rows_seen, sources = [], [], [], []
             leaves = jax.tree.leaves(carry)
 
@@ -173,30 +219,63 @@ def scan_fn(cell: Cell, unroll: int = 1):
 
             new, y = _advance(cell, params, carry, xp_t + bias, valid_t, matmul, act)
             row_slices[:], u_in_carry[:] = rows_seen, sources
-            return new, ((y, carry, records, acts) if save else y)
+            if not save:
+                return new, None, y
+            widths[:] = [a.shape[-1] for a in acts]
+            k = packed[0] = _packed(widths, xp_t.shape[-1])
+            row = jnp.concatenate(acts[:k], axis=-1) if k else None  # (batch, G*H)
+            return new, row, (y, carry, records, acts[k:])
 
-        fetched, streamed = (xp, None) if fetch else (None, xp)
-        return _scan(body, carry, fetched, (streamed, valid), xp.shape[0], unroll=unroll)
+        return _scan(body, carry, xp, valid, xp.shape[0], fetch=fetch, unroll=unroll)
+
+    def primal(params, xs, carry, valid):
+        bias = bias_of(params, xs)
+        time = xs.shape[0]
+        if chunk is None or chunk >= time:
+            carry, _, ys = forward(params, project(params, xs), bias, carry, valid, False)
+            return carry, ys
+
+        def run_chunk(carry, inputs):
+            x, v = inputs  # (K, batch, I), (K, batch) or None
+            carry, _, ys = forward(params, project(params, x), bias, carry, v, False)
+            return carry, ys
+
+        n = time // chunk
+        split = lambda v, a, b: None if v is None else v[a:b]  # noqa: E731
+        whole = lambda v: None if v is None else v.reshape(n, chunk, *v.shape[1:])  # noqa: E731
+        carry, ys = jax.lax.scan(run_chunk, carry,
+                                 (whole(xs[:n * chunk]), whole(split(valid, 0, n * chunk))))
+        ys = ys.reshape(n * chunk, *ys.shape[2:])  # (n, K, batch, H) -> (n*K, batch, H)
+        if n * chunk < time:
+            carry, rest = run_chunk(carry, (xs[n * chunk:], split(valid, n * chunk, time)))
+            ys = jnp.concatenate([ys, rest])
+        return carry, ys
 
     @jax.custom_vjp
-    def scan(params, xp, bias, carry, valid):
-        return forward(params, xp, bias, carry, valid, save=False)
+    def run(params, xs, carry, valid):
+        return primal(params, xs, carry, valid)
 
-    def scan_fwd(params, xp, bias, carry, valid):
-        carry, (ys, carries, records, acts) = forward(params, xp, bias, carry, valid, save=True)
-        return (carry, ys), (params, xp, bias, valid, carries, records, acts)
+    def run_fwd(params, xs, carry, valid):
+        bias = bias_of(params, xs)
+        carry, buffer, (ys, carries, records, acts) = forward(
+            params, project(params, xs), bias, carry, valid, True)
+        return (carry, ys), (params, xs, bias, valid, buffer, carries, records, acts)
 
-    def scan_bwd(res, cotangents):
-        params, xp, bias, valid, carries, records, acts = res
+    def run_bwd(res, cotangents):
+        params, xs, bias, valid, buffer, carries, records, rest_acts = res
         d_carry, d_ys = cotangents
         w = params.w_hh
-        rest = params._replace(w_hh=None)  # the biases: their gradient is summed per step
+        rest = params._replace(w_ih=None, w_hh=None)  # their gradient is summed per step
+        width = buffer.shape[-1]
 
-        def body(state, inputs):
-            d_carry, d_rest, d_xp = state
-            fetched_t, (t, carry, valid_t, recs, dy_t, streamed_t) = inputs
-            acts_t = streamed_t if fetched_t is None else fetched_t
-            xp_t = jax.lax.dynamic_index_in_dim(d_xp, t, keepdims=False)  # still xp at step t
+        def body(state, row_t, inputs):
+            d_carry, d_rest = state
+            carry, valid_t, recs, dy_t, rest_acts_t = inputs
+            # the packed activations are read back from their row; xp_t itself is never
+            # needed: every input to a recorded activation is replaced by its record, and
+            # with nothing packed the row still holds xp_t
+            bounds = list(itertools.accumulate(widths[:packed[0]]))[:-1]
+            acts_t = (jnp.split(row_t, bounds, axis=-1) if packed[0] else []) + rest_acts_t
             recorded = iter(acts_t)
 
             def act(x, tanh_mask):
@@ -211,28 +290,21 @@ def scan_fn(cell: Cell, unroll: int = 1):
                 return _advance(cell, rest._replace(w_hh=w), carry, xp_t + bias, valid_t,
                                 matmul, act)
 
-            _, vjp = jax.vjp(step, rest, carry, xp_t, [m for _, m in recs])
+            _, vjp = jax.vjp(step, rest, carry, row_t, [m for _, m in recs])
             dr, dc, dxp_t, dms = vjp((d_carry, dy_t))
-            d_rest = jax.tree.map(jnp.add, d_rest, dr)
             same_as_dxp[:] = [dm is dxp_t for dm in dms]
-            d_xp = jax.lax.dynamic_update_index_in_dim(d_xp, dxp_t.astype(d_xp.dtype), t, 0)
-            return (dc, d_rest, d_xp), [None if same else dm
-                                        for dm, same in zip(dms, same_as_dxp, strict=True)]
+            return ((dc, jax.tree.map(jnp.add, d_rest, dr)), dxp_t,
+                    [None if same else dm for dm, same in zip(dms, same_as_dxp, strict=True)])
 
+        time, batch = buffer.shape[:2]
         zeros = jax.tree.map(jnp.zeros_like, rest)
-        time = xp.shape[0]
-        # recorded gate slabs wider than the state are read a block at a time: fetched, so
-        # the loops vectorise; d_xp overwrites xp step by step (step t reads xp[t] before it
-        # writes d_xp[t]), so it needs no zero-filled buffer of its own
-        width = jax.tree.leaves(carries)[0].shape[-1]
-        fetch = any(a.shape[-1] > width for a in acts)
-        fetched, streamed = (acts, None) if fetch else (None, acts)
-        (d_carry0, d_rest, d_xp), d_ms = _scan(
-            body, (d_carry, zeros, xp), fetched,
-            (jnp.arange(time), carries, valid, records, d_ys, streamed), time, reverse=True,
-            unroll=unroll)
+        # a row wider than the state is read a block at a time: fetched, so the loops
+        # vectorise
+        fetch = width > jax.tree.leaves(carries)[0].shape[-1]
+        (d_carry0, d_rest), d_xp, d_ms = _scan(
+            body, (d_carry, zeros), buffer, (carries, valid, records, d_ys, rest_acts), time,
+            fetch=fetch, reverse=True, unroll=unroll)
         d_w = jnp.zeros_like(w)
-        time, batch = xp.shape[:2]
         leaves = jax.tree.leaves(carries)
         for rows, source, (u, _), g, same in zip(row_slices, u_in_carry, records, d_ms,
                                                   same_as_dxp, strict=True):
@@ -240,8 +312,11 @@ def scan_fn(cell: Cell, unroll: int = 1):
             g = (d_xp if same else g).reshape(time * batch, -1)  # (T*B, rows)
             # one matmul over all steps; (H, rows) -> (rows, H) transposes the small result
             d_w = d_w.at[rows].add((u.T @ g).T.astype(w.dtype))
-        d_bias = jnp.sum(d_xp, axis=(0, 1))  # (G*H,)
-        return d_rest._replace(w_hh=d_w), d_xp, d_bias, d_carry0, None
+        # the projection's VJP: dW_ih, dx and the biases' gradients, each one pass over d_xp
+        _, project_vjp = jax.vjp(lambda p, x: project(p, x) + bias_of(p, x), params, xs)
+        d_params, d_xs = project_vjp(d_xp)
+        d_loop = d_rest._replace(w_ih=jnp.zeros_like(params.w_ih), w_hh=d_w)
+        return jax.tree.map(jnp.add, d_params, d_loop), d_xs, d_carry0, None
 
-    scan.defvjp(scan_fwd, scan_bwd)
-    return scan
+    run.defvjp(run_fwd, run_bwd)
+    return run

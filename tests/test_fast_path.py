@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import recurrent
-from recurrent.vjp import _scan, scan_fn
+from recurrent.vjp import _scan, layer_fn
 
 KEY = jax.random.PRNGKey(7)
 B, T, I, H = 3, 6, 4, 5
@@ -129,47 +129,52 @@ def test_unroll_does_not_change_results(unroll):
     _assert_close(_grad(fast, 0)(params, x, state), _grad(slow, 0)(params, x, state), 1e-5)
 
 
-def test_scan_fn_gradients_match_autodiff_of_the_step_loop():
-    """The custom VJP of one direction against JAX's VJP of a Python loop over ``step``."""
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_layer_fn_matches_autodiff_of_the_step_loop(chunk):
+    """One direction's custom VJP (projection included) against JAX's VJP of a Python loop
+    over ``project`` and ``step``; ``chunk`` projects a few steps at a time (with a
+    remainder) when not differentiated."""
     cell = recurrent.gru_cell(H, reset_after=False)
     params = cell.init(KEY, I)
-    xp = jax.random.normal(KEY, (T, B, 3 * H))
-    bias = jnp.linspace(-1, 1, 3 * H)
+    xs = jax.random.normal(KEY, (T, B, I))
     h0 = jnp.ones((B, H)) * 0.3
+    valid = jnp.arange(T)[:, None] < jnp.array([T, 2, 0])[None, :B]
 
-    def fast(params, xp, bias, h0):
-        h, ys = scan_fn(cell)(params._replace(w_ih=None), xp, bias, h0, None)
+    def fast(params, xs, h0):
+        h, ys = layer_fn(cell, chunk=chunk)(params, xs, h0, valid)
         return jnp.sum(jnp.cos(ys)) + jnp.sum(h ** 2)
 
-    def loop(params, xp, bias, h0):
+    def loop(params, xs, h0):
         h, ys = h0, []
         for t in range(T):
-            h, y = cell.step(params, h, xp[t] + bias)
-            ys.append(y)
+            new, y = cell.step(params, h, cell.project(params, xs[t]))
+            h = jnp.where(valid[t][:, None], new, h)
+            ys.append(jnp.where(valid[t][:, None], y, 0))
         return jnp.sum(jnp.cos(jnp.stack(ys))) + jnp.sum(h ** 2)
 
-    got = _grad(fast, (0, 1, 2, 3))(params, xp, bias, h0)
-    want = _grad(loop, (0, 1, 2, 3))(params, xp, bias, h0)
-    assert not np.any(got[0].w_ih)  # w_ih is not the scan's: the projection is outside
-    _assert_close((got[0]._replace(w_ih=want[0].w_ih), *got[1:]), want, 1e-5)
+    _assert_close(fast(params, xs, h0), loop(params, xs, h0), 1e-5)
+    _assert_close(_grad(fast, (0, 1, 2))(params, xs, h0),
+                  _grad(loop, (0, 1, 2))(params, xs, h0), 1e-5)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-def test_prefetching_scan_equals_lax_scan(reverse):
-    """``_scan`` hands each step the same slices as ``lax.scan``, fetched ones included."""
-    fetched = jax.random.normal(KEY, (T, B, 2 * H))  # read in two blocks, as gate slabs are
+def test_scan_rewrites_its_buffer_as_lax_scan_would(reverse):
+    """``_scan`` hands each step the same rows as ``lax.scan``, fetched or not, and writes
+    each step's new row over its own."""
+    buffer = jax.random.normal(KEY, (T, B, 2 * H))  # read in two blocks, as gate slabs are
     streamed = (jnp.arange(T * B, dtype=jnp.float32).reshape(T, B), None)
 
-    def body(c, inputs):
-        (f_t, (s_t, _)) = inputs
-        c = jnp.tanh(c * f_t[:, :H] + f_t[:, H:]) + s_t[:, None]
-        return c, (c, f_t)
+    def body(c, b_t, s_t):
+        c = jnp.tanh(c * b_t[:, :H] + b_t[:, H:]) + s_t[0][:, None]
+        return c, jnp.concatenate([c, -c], axis=-1), (c, b_t)
 
     c0 = jnp.ones((B, H))
-    got = _scan(body, c0, fetched, streamed, T, reverse=reverse)
-    want = jax.lax.scan(lambda c, xs: body(c, (xs[0], xs[1])), c0, (fetched, streamed),
-                        reverse=reverse)
-    _assert_close(got, want, 0)
+    want_c, (want_new, want_ys) = jax.lax.scan(
+        lambda c, xs: (lambda c, new, y: (c, (new, y)))(*body(c, xs[0], xs[1])), c0,
+        (buffer, streamed), reverse=reverse)
+    for fetch in (False, True):
+        got = _scan(body, c0, buffer, streamed, T, fetch=fetch, reverse=reverse)
+        _assert_close(got, (want_c, want_new, want_ys), 0)
 
 
 def test_impl_and_remat_chunk_are_checked():
