@@ -75,11 +75,13 @@ PROJECTION_BYTES = 8 << 20
 
 def projection_chunk(time: int, width: int) -> int | None:
     """Steps projected at once when not differentiated, for ``width`` float32 projected
-    inputs a step: ``None`` (all) when they fit twice ``PROJECTION_BYTES``, else the most
-    steps (a power of two) that fit ``PROJECTION_BYTES``. On CPU a larger array costs more
-    in fresh pages and cache misses than the outer loop costs (``benchmarks/``)."""
+    inputs a step: on CPU, ``None`` (all) when they fit twice ``PROJECTION_BYTES``, else the
+    most steps (a power of two) that fit ``PROJECTION_BYTES``: a larger array costs more in
+    fresh pages and cache misses than the outer loop costs (at B 64, T 256, H 256 the LSTM's
+    forward pass took 0.80x the time of one projection; ``benchmarks/``). Elsewhere ``None``:
+    an accelerator runs one large matmul best."""
     step_bytes = 4 * width
-    if time * step_bytes <= 2 * PROJECTION_BYTES:
+    if jax.default_backend() != "cpu" or time * step_bytes <= 2 * PROJECTION_BYTES:
         return None
     steps = max(1, PROJECTION_BYTES // step_bytes)
     return 1 << (steps.bit_length() - 1)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import recurrent
+from recurrent import fast
 from recurrent.vjp import _scan, layer_fn
 
 KEY = jax.random.PRNGKey(7)
@@ -77,6 +78,20 @@ def test_remat_chunks_match_reference(kind, chunk):
     _assert_close(_grad(fast)(params, x, state), _grad(slow)(params, x, state), 1e-5)
 
 
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_chunked_projection_matches_reference(kind, monkeypatch):
+    """A sequence too long for one projection (``PROJECTION_BYTES`` made small: 2 steps a
+    chunk, 3 chunks) runs chunk by chunk and gives the reference's outputs and state."""
+    layer, opts, params, x, state = _setup(kind, 2, True)
+    gates = 4 if kind == "lstm" else 3
+    step_bytes = 4 * gates * H * 2 * B  # both directions' projected inputs, one step
+    monkeypatch.setattr(fast, "PROJECTION_BYTES", int(2.5 * step_bytes))
+    assert fast.projection_chunk(T, gates * H * 2 * B) == 2
+    seq = jnp.array([6, 3, 1])
+    got = layer(params, x, seq, state, **opts)
+    _assert_close(got, layer(params, x, seq, state, impl="reference", **opts), 1e-6)
+
+
 def test_remat_without_lengths_pads_with_masked_steps():
     layer, opts, params, x, state = _setup("lstm", 1, True)
     fast = _loss(layer, opts, remat_chunk=4)  # T = 6: the last chunk is half padding
@@ -129,7 +144,7 @@ def test_unroll_does_not_change_results(unroll):
     _assert_close(_grad(fast, 0)(params, x, state), _grad(slow, 0)(params, x, state), 1e-5)
 
 
-@pytest.mark.parametrize("chunk", [None, 3])
+@pytest.mark.parametrize("chunk", [None, 4])
 def test_layer_fn_matches_autodiff_of_the_step_loop(chunk):
     """One direction's custom VJP (projection included) against JAX's VJP of a Python loop
     over ``project`` and ``step``; ``chunk`` projects a few steps at a time (with a
