@@ -93,8 +93,34 @@ HEADER = ("| cell | B, T, I, H | layers × dirs | pass | torch | flax | recurren
 
 
 FLOOR_HEADER = ("| cell | B, T, I, H | layers × dirs | pass | 0.8 × torch | 0.5 × flax "
-                "| recurrent | recurrent: in matmuls | flax: in matmuls |\n"
-                "|---|---|---|---|---|---|---|---|---|")
+                "| recurrent | GFLOP | at peak | recurrent: in matmuls | flax: in matmuls |\n"
+                "|---|---|---|---|---|---|---|---|---|---|---|")
+PEAK_SIZE = 2048
+
+
+def peak_gflops(size=PEAK_SIZE, repeats=5):
+    """The machine's float32 matmul rate, GFLOP/s: the faster of JAX's and torch's
+    ``(size, size) @ (size, size)``, median of ``repeats``."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (size, size))
+    ta = torch.from_numpy(np.array(a))
+    jax_mm = jax.jit(jnp.matmul)
+    ms = measure({"jax": lambda: jax_mm(a, a), "torch": lambda: torch.mm(ta, ta)}, repeats)
+    return 2 * size ** 3 / min(ms.values()) / 1e6
+
+
+def gflop(cell, config, mode):
+    """The matmul work of one call, GFLOP: the input and recurrent products of every layer
+    and direction; training adds ``dW_ih``, ``dW_hh``, ``dh`` and ``dx`` (not for the first
+    layer: the gradient is taken with respect to the params only)."""
+    batch, time_steps, inputs, hidden, layers, bi = config
+    dirs, gates = 2 if bi else 1, 4 if cell == "lstm" else 3
+    total = 0
+    for layer in range(layers):
+        fan_in = inputs if layer == 0 else dirs * hidden
+        forward = fan_in + hidden  # x @ w_ih.T and h @ w_hh.T, per row of gates
+        backward = 2 * forward - (fan_in if layer == 0 else 0)
+        total += dirs * (forward + mode * backward)
+    return 2 * time_steps * batch * gates * hidden * total / 1e9
 
 
 def _describe(cell, config, mode):
@@ -103,11 +129,13 @@ def _describe(cell, config, mode):
             f"{layers} × {2 if bi else 1} | {('forward', 'fwd+bwd')[mode]} |")
 
 
-def _floor_row(cell, config, mode, ms, fns):
-    """The goals next to the time recurrent and flax spend in matmul kernels."""
+def _floor_row(cell, config, mode, ms, fns, peak):
+    """The goals next to the matmul work at the machine's peak rate and the time recurrent
+    and flax spend in matmul kernels."""
+    work = gflop(cell, config, mode)
     return (f"{_describe(cell, config, mode)} {0.8 * ms['torch']:.1f} | {0.5 * ms['flax']:.1f} | "
-            f"{ms['recurrent']:.1f} | {matmul_ms(fns['recurrent']):.1f} | "
-            f"{matmul_ms(fns['flax']):.1f} |")
+            f"{ms['recurrent']:.1f} | {work:.2f} | {work / peak * 1e3:.1f} | "
+            f"{matmul_ms(fns['recurrent']):.1f} | {matmul_ms(fns['flax']):.1f} |")
 
 
 def _row(cell, config, mode, ms):
@@ -158,6 +186,8 @@ def main(argv=None):
     configs = QUICK_CONFIGS if args.quick else CONFIGS
     print(_machine())
     load_before = os.getloadavg()
+    peak = peak_gflops()
+    print(f"peak float32 matmul: {peak:.0f} GFLOP/s")
     print(HEADER, flush=True)
     rows, floors = [], []
     for cell in ("lstm", "gru"):
@@ -167,12 +197,16 @@ def main(argv=None):
                 fns = {name: fns[mode] for name, fns in libs.items()}
                 ms = measure(fns, args.repeats)
                 rows.append(_row(cell, config, mode, ms))
-                floors.append(_floor_row(cell, config, mode, ms, fns))
+                floors.append(_floor_row(cell, config, mode, ms, fns, peak))
                 print(rows[-1], flush=True)
     floor = ["Where the time goes: the goals and recurrent's median (ms, from the table above) "
-             "next to the time one call spends inside XLA's matmul kernels (`jax.profiler`, "
-             "summed over threads; XLA may run independent kernels at once on 2 cores), a "
-             "floor for anything done around the matmuls.", "",
+             "next to the matmul work of one call (GFLOP) and the ms it takes at this "
+             f"machine's peak rate ({peak:.0f} GFLOP/s: the faster of JAX's and torch's "
+             f"{PEAK_SIZE}x{PEAK_SIZE} float32 matmul), and the time one call spends inside "
+             "XLA's matmul kernels (`jax.profiler`, summed over threads; XLA may run "
+             "independent kernels at once on 2 cores). Where `at peak` exceeds a goal, no "
+             "implementation reaches that goal on this machine; where `in matmuls` does, "
+             "none built on XLA's matmul kernels does.", "",
              FLOOR_HEADER, *floors]
     print("\n".join(floor))
     memory = _memory_table(256 if args.quick else 4096)
