@@ -1,6 +1,6 @@
 """recurrent against flax.linen and torch on CPU, forward and forward+backward, in one process.
 
-    python benchmarks/bench_cpu.py [--repeats 7] [--quick] [--out PATH]
+    python benchmarks/bench_cpu.py [--repeats 11] [--quick] [--out PATH]
 
 For LSTM and GRU at each configuration (batch-first, ``x (B, T, I)``, hidden ``H``) it
 times ``recurrent.lstm``/``gru`` (the fast path, and ``impl="reference"``: one
@@ -177,7 +177,7 @@ def _machine():
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--quick", action="store_true",
                         help="tiny shapes, to check that the script runs")
     parser.add_argument("--out", type=Path, default=RESULTS / "cpu.md")

@@ -91,38 +91,44 @@ def _scan(body, carry, buffer, streamed, length, *, fetch, reverse=False, unroll
     ``body(carry, buffer_t, streamed_t) -> (carry, new_t, y)``: step ``t`` reads
     ``buffer[t]`` and, unless ``new_t`` is ``None``, overwrites it with ``new_t``, so a
     buffer whose old rows are dead after their step (the projected inputs, then the recorded
-    gates) needs no second array. Returns ``(carry, buffer, ys)``.
+    gates) needs no second array. Returns ``(carry, buffer, ys)``. Each loop iteration runs
+    the largest divisor of ``length`` not above ``unroll`` steps: steps left over after the
+    loop would make XLA copy the buffer.
 
-    With ``fetch``, ``buffer[t]`` reaches ``body`` as a loop-carried copy: step ``t`` copies
-    out step ``t+1``'s row (``t-1``'s in reverse) after it writes its own. LLVM does not
-    vectorise a loop that reads a dynamic slice at more than one offset (a GRU's gate
-    blocks), and one that reads a plain buffer runs at full SIMD width; the copy costs two
-    small kernels per step. Without ``fetch`` the dynamic slice fuses into the step's
-    elementwise loops.
+    With ``fetch``, the rows of an iteration reach ``body`` as a loop-carried copy, read
+    after the previous iteration's writes: LLVM does not vectorise a loop that reads a
+    dynamic slice at more than one offset (a GRU's gate blocks), and a read of the buffer
+    itself by a step output that the write does not depend on would make XLA copy the whole
+    buffer. Without ``fetch`` each step's dynamic slice fuses into its elementwise loops
+    (every read must then lead to ``new_t``).
     """
-    step, start = (-1, length - 1) if reverse else (1, 0)
+    k = max(d for d in range(1, max(1, min(unroll, length)) + 1) if length % d == 0)
+    n = length // k
+    rows = lambda v, start: jax.tree.map(  # noqa: E731
+        lambda a: jax.lax.dynamic_slice_in_dim(a, start, k), v)  # the k rows from ``start``
 
-    def at(buffer, t):  # every leaf of ``buffer`` at step ``t``, clipped
-        t = jnp.clip(t, 0, length - 1)
-        return jax.tree.map(lambda v: jax.lax.dynamic_index_in_dim(v, t, keepdims=False),
-                            buffer)
+    def iteration(state, inputs):
+        carry, buffer, fetched = state
+        block, streamed_block = inputs
+        ys = [None] * k
+        for j in (range(k - 1, -1, -1) if reverse else range(k)):  # scan order
+            t = block * k + j
+            row = jax.tree.map(lambda a: a[j], fetched) if fetch else jax.tree.map(
+                lambda a: jax.lax.dynamic_index_in_dim(a, t, keepdims=False), buffer)
+            carry, new_t, ys[j] = body(carry, row, jax.tree.map(lambda a: a[j], streamed_block))
+            if new_t is not None:
+                buffer = jax.tree.map(
+                    lambda b, v: jax.lax.dynamic_update_index_in_dim(b, v.astype(b.dtype), t, 0),
+                    buffer, new_t)
+        following = (block - 1 if reverse else block + 1) * k  # clipped when there is none
+        return ((carry, buffer, rows(buffer, following) if fetch else None),
+                jax.tree.map(lambda *y: jnp.stack(y), *ys))  # ys in row order
 
-    def advance(state, inputs):
-        carry, buffer, fetched_t = state
-        t, streamed_t = inputs
-        carry, new_t, y = body(carry, fetched_t if fetch else at(buffer, t), streamed_t)
-        if new_t is not None:
-            buffer = jax.tree.map(
-                lambda b, n: jax.lax.dynamic_update_index_in_dim(b, n.astype(b.dtype), t, 0),
-                buffer, new_t)
-        # read from the written buffer: an earlier read of the old one would make XLA copy it
-        fetched_t = at(buffer, t + step) if fetch else None
-        return (carry, buffer, fetched_t), y
-
-    (carry, buffer, _), ys = jax.lax.scan(
-        advance, (carry, buffer, at(buffer, start) if fetch else None),
-        (jnp.arange(length), streamed), reverse=reverse, unroll=unroll)
-    return carry, buffer, ys
+    blocks = lambda v: jax.tree.map(lambda a: a.reshape(n, k, *a.shape[1:]), v)  # noqa: E731
+    first = rows(buffer, (n - 1) * k if reverse else 0) if fetch else None
+    (carry, buffer, _), ys = jax.lax.scan(iteration, (carry, buffer, first),
+                                          (jnp.arange(n), blocks(streamed)), reverse=reverse)
+    return carry, buffer, jax.tree.map(lambda a: a.reshape(length, *a.shape[2:]), ys)
 
 
 def _slices_input(cell: Cell, params, carry, xp_t):

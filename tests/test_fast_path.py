@@ -2,6 +2,8 @@
 reference path (one lax.scan per direction, differentiated by JAX): outputs, final states
 and gradients with respect to params, inputs and initial state."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -174,8 +176,8 @@ def test_layer_fn_matches_autodiff_of_the_step_loop(chunk):
 
 @pytest.mark.parametrize("reverse", [False, True])
 def test_scan_rewrites_its_buffer_as_lax_scan_would(reverse):
-    """``_scan`` hands each step the same rows as ``lax.scan``, fetched or not, and writes
-    each step's new row over its own."""
+    """``_scan`` hands each step the same rows as ``lax.scan``, fetched or not, unrolled or
+    not, and writes each step's new row over its own."""
     buffer = jax.random.normal(KEY, (T, B, 2 * H))  # read in two blocks, as gate slabs are
     streamed = (jnp.arange(T * B, dtype=jnp.float32).reshape(T, B), None)
 
@@ -188,8 +190,35 @@ def test_scan_rewrites_its_buffer_as_lax_scan_would(reverse):
         lambda c, xs: (lambda c, new, y: (c, (new, y)))(*body(c, xs[0], xs[1])), c0,
         (buffer, streamed), reverse=reverse)
     for fetch in (False, True):
-        got = _scan(body, c0, buffer, streamed, T, fetch=fetch, reverse=reverse)
-        _assert_close(got, (want_c, want_new, want_ys), 0)
+        for unroll in (1, 4):  # 4: three steps an iteration, the largest divisor of T = 6
+            got = _scan(body, c0, buffer, streamed, T, fetch=fetch, reverse=reverse,
+                        unroll=unroll)
+            _assert_close(got, (want_c, want_new, want_ys), 0)
+
+
+def _buffer_copies(fn, *args, shape):
+    """How many copies of a ``shape`` float32 array the compiled ``fn`` makes."""
+    hlo = jax.jit(fn).lower(*args).compile().as_text()
+    dims = ",".join(map(str, shape))
+    return len(re.findall(rf"= f32\[{dims}\]\{{[0-9,]*\}} copy\(", hlo))
+
+
+@pytest.mark.parametrize("kind, gates", [("lstm", 4), ("gru", 3)])
+def test_training_step_rewrites_one_buffer_in_place(kind, gates):
+    """The projected inputs, the recorded gates and their cotangents share one array that
+    XLA updates in place, unrolled or not; a step whose read of the buffer the write does
+    not depend on makes XLA copy it (the control shows the check can see that)."""
+    layer, opts, params, x, state = _setup(kind, 1, False)
+    for unroll in (1, 4):
+        loss = _loss(layer, opts, unroll=unroll)
+        assert _buffer_copies(jax.grad(loss), params, x, state, shape=(T, B, gates * H)) == 0
+
+    def hazard(c, buffer):  # the row feeds only the carry: the write does not wait for it
+        body = lambda c, row, _: (c + row, jnp.zeros_like(row), None)  # noqa: E731
+        return _scan(body, c, buffer, None, T, fetch=False)[:2]
+
+    rows = jnp.ones((T, B, H))
+    assert _buffer_copies(hazard, jnp.zeros((B, H)), rows, shape=(T, B, H)) > 0
 
 
 def test_impl_and_remat_chunk_are_checked():
