@@ -97,7 +97,7 @@ def run_layer(cell: Cell, layer, xs, carry, seq_lengths=None, *, unroll: int = 1
       xs: ``(time, batch, input)``.
       carry: the initial carry, leaves ``(D, batch, H)``.
       seq_lengths: ``(batch,)`` valid lengths or ``None``.
-      unroll: scan steps per loop iteration.
+      unroll: scan steps per loop iteration (the largest divisor of ``time`` not above it).
       remat_chunk: rematerialise the backward pass in chunks of this many steps, or
         ``None`` to store every step's residuals.
 

@@ -252,7 +252,8 @@ _LAYER_DOC = """
       batch_first: whether ``x`` and ``y`` put batch first.
       dtype: dtype of the matmuls (``jnp.bfloat16`` or ``None`` for the params' dtype);
         they accumulate in float32, the state stays float32 and ``y`` is cast to ``dtype``.
-      unroll: scan steps per loop iteration (``jax.lax.scan``'s ``unroll``); ``None``:
+      unroll: scan steps per loop iteration (``jax.lax.scan``'s ``unroll``; the fast path
+        runs the largest divisor of ``time`` not above it); ``None``:
         :func:`default_unroll` (8 on a GPU, 1 elsewhere).
       impl: {impl_doc}
       remat_chunk: with ``impl="fast"``, rematerialise the scan in chunks of this many
