@@ -206,11 +206,11 @@ def main(argv=None):
     floor = ["Where the time goes: the goals and recurrent's median (ms, from the table above) "
              "next to the matmul work of one call (GFLOP) and the ms it takes at this "
              f"machine's peak rate ({peak:.0f} GFLOP/s: the faster of JAX's and torch's "
-             f"{PEAK_SIZE}x{PEAK_SIZE} float32 matmul), and the time one call spends inside "
-             "XLA's matmul kernels (`jax.profiler`, summed over threads; XLA may run "
-             "independent kernels at once on 2 cores). Where `at peak` exceeds a goal, no "
-             "implementation reaches that goal on this machine; where `in matmuls` does, "
-             "none built on XLA's matmul kernels does.", "",
+             f"{PEAK_SIZE}x{PEAK_SIZE} float32 matmul, best of 15), and the time XLA's matmul "
+             "kernels keep threads busy in one call (`jax.profiler`, summed over threads: on "
+             "2 cores the wall time they take is between half of it and all of it). Where "
+             "`at peak` exceeds a goal, no implementation reaches that goal on this machine.",
+             "",
              FLOOR_HEADER, *floors]
     print("\n".join(floor))
     memory = _memory_table(256 if args.quick else 4096)
