@@ -42,18 +42,30 @@ MEMORY_CONFIG = (32, 4096, 64, 128)  # batch, time, input, hidden: one LSTM laye
 MEMORY_CHUNK = 64
 
 
+def _inputs(config):
+    """The key and ``x (batch, time, input)`` every library of a configuration runs on."""
+    batch, time_steps, inputs = config[:3]
+    key = jax.random.PRNGKey(0)
+    return key, jax.random.normal(key, (batch, time_steps, inputs))
+
+
+def layer_fns(module, cell, config, **options):
+    """(forward, training) zero-argument callables of ``module``'s (``recurrent`` or another
+    version of it) LSTM or GRU stack at ``config``, called with ``options``."""
+    _, _, inputs, hidden, layers, bi = config
+    key, x = _inputs(config)
+    init, layer = ((module.init_lstm, module.lstm) if cell == "lstm"
+                   else (module.init_gru, module.gru))
+    return jax_fns(lambda p, x: layer(p, x, **options)[0],
+                   init(key, inputs, hidden, layers, bi), x)
+
+
 def _libraries(cell, config):
     """``{name: (forward, training)}`` zero-argument callables for one configuration."""
-    batch, time_steps, inputs, hidden, layers, bi = config
-    key = jax.random.PRNGKey(0)
-    x = jax.random.normal(key, (batch, time_steps, inputs))
-    init, layer = ((recurrent.init_lstm, recurrent.lstm) if cell == "lstm"
-                   else (recurrent.init_gru, recurrent.gru))
-    params = init(key, inputs, hidden, layers, bi)
-    libs = {
-        "recurrent": jax_fns(lambda p, x: layer(p, x)[0], params, x),
-        "reference": jax_fns(lambda p, x: layer(p, x, impl="reference")[0], params, x),
-    }
+    _, _, inputs, hidden, layers, bi = config
+    key, x = _inputs(config)
+    libs = {"recurrent": layer_fns(recurrent, cell, config),
+            "reference": layer_fns(recurrent, cell, config, impl="reference")}
     module = FlaxStack(cell, hidden, layers, bi)
     libs["flax"] = jax_fns(module.apply, module.init(key, x), x)
 
@@ -127,7 +139,7 @@ def gflop(cell, config, mode):
     return 2 * time_steps * batch * gates * hidden * total / 1e9
 
 
-def _describe(cell, config, mode):
+def describe(cell, config, mode):
     batch, time_steps, inputs, hidden, layers, bi = config
     return (f"| {cell.upper()} | {batch}, {time_steps}, {inputs}, {hidden} | "
             f"{layers} × {2 if bi else 1} | {('forward', 'fwd+bwd')[mode]} |")
@@ -137,13 +149,13 @@ def _floor_row(cell, config, mode, ms, fns, peak):
     """The goals next to the matmul work at the machine's peak rate and the time recurrent
     and flax spend in matmul kernels."""
     work = gflop(cell, config, mode)
-    return (f"{_describe(cell, config, mode)} {0.8 * ms['torch']:.1f} | {0.5 * ms['flax']:.1f} | "
+    return (f"{describe(cell, config, mode)} {0.8 * ms['torch']:.1f} | {0.5 * ms['flax']:.1f} | "
             f"{ms['recurrent']:.1f} | {work:.2f} | {work / peak * 1e3:.1f} | "
             f"{matmul_ms(fns['recurrent']):.1f} | {matmul_ms(fns['flax']):.1f} |")
 
 
 def _row(cell, config, mode, ms):
-    return (f"{_describe(cell, config, mode)} {ms['torch']:.1f} | {ms['flax']:.1f} | "
+    return (f"{describe(cell, config, mode)} {ms['torch']:.1f} | {ms['flax']:.1f} | "
             f"{ms['recurrent']:.1f} | {ms['reference']:.1f} | "
             f"{ms['recurrent'] / ms['torch']:.2f} | {ms['recurrent'] / ms['flax']:.2f} |")
 

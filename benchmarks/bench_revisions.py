@@ -22,12 +22,11 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-import jax
-from bench_cpu import CONFIGS, QUICK_CONFIGS
+from bench_cpu import CONFIGS, QUICK_CONFIGS, describe, layer_fns
 
 import recurrent
 
-from common import jax_fns, machine, measure
+from common import machine, measure
 
 ROOT = Path(__file__).resolve().parent.parent
 ALIAS = "recurrent_at_rev"
@@ -49,16 +48,6 @@ def export(rev: str, where: Path):
     return importlib.import_module(ALIAS)
 
 
-def _fns(module, cell, config):
-    """(forward, training) zero-argument callables of ``module``'s layer at ``config``."""
-    batch, time_steps, inputs, hidden, layers, bi = config
-    key = jax.random.PRNGKey(0)
-    x = jax.random.normal(key, (batch, time_steps, inputs))
-    init, layer = ((module.init_lstm, module.lstm) if cell == "lstm"
-                   else (module.init_gru, module.gru))
-    return jax_fns(lambda p, x: layer(p, x)[0], init(key, inputs, hidden, layers, bi), x)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -76,13 +65,12 @@ def main(argv=None):
         old = export(args.rev, Path(where))
         for cell in args.cells:
             for config in QUICK_CONFIGS if args.quick else CONFIGS:
-                pairs = {"rev": _fns(old, cell, config), "tree": _fns(recurrent, cell, config)}
-                for mode, name in enumerate(("forward", "fwd+bwd")):
+                pairs = {"rev": layer_fns(old, cell, config),
+                         "tree": layer_fns(recurrent, cell, config)}
+                for mode in (0, 1):
                     ms = measure({k: fns[mode] for k, fns in pairs.items()}, args.repeats)
-                    batch, time_steps, inputs, hidden, layers, bi = config
-                    print(f"| {cell.upper()} | {batch}, {time_steps}, {inputs}, {hidden} | "
-                          f"{layers} × {2 if bi else 1} | {name} | {ms['rev']:.1f} | "
-                          f"{ms['tree']:.1f} | {ms['tree'] / ms['rev']:.2f} |", flush=True)
+                    print(f"{describe(cell, config, mode)} {ms['rev']:.1f} | {ms['tree']:.1f} | "
+                          f"{ms['tree'] / ms['rev']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
