@@ -83,3 +83,58 @@ def test_impl_choice_and_errors():
                        impl="pallas")
     with pytest.raises(ValueError, match="impl must be one of"):
         recurrent.lstm(params, x, impl="cudnn")
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_kernel_variants_equal_reference(kind, monkeypatch):
+    """The weights held on chip, the gates fused into one matmul, and polling by loads."""
+    params, x, lengths, state = _case(kind, seed=2)
+    run = recurrent.lstm if kind == "lstm" else recurrent.gru
+    plan = persistent.plan
+    monkeypatch.setattr(persistent, "plan", lambda *a, **k: plan(
+        *a, **k, resident=True, fused=True, poll_load=True))
+    assert kernel_layer.configure(kind, "pallas", params[0], B, None).plan.resident
+
+    def loss(impl, p, x, s):
+        return sum(jnp.sum(jnp.sin(f)) for f in jax.tree.leaves(run(p, x, lengths, s,
+                                                                     impl=impl)))
+
+    _close(run(params, x, lengths, state, impl="pallas"),
+           run(params, x, lengths, state, impl="reference"), 1e-5)
+    grad = jax.jit(jax.grad(loss, argnums=(1, 2, 3)), static_argnums=0)
+    _close(grad("pallas", params, x, state), grad("reference", params, x, state), 1e-5)
+
+
+def test_fused_layout_and_resident_limit():
+    w_t = jnp.arange(2 * 32 * 96, dtype=jnp.float32).reshape(2, 32, 96)  # GRU, H=32
+    fused = persistent.fuse(w_t, 16)
+    assert fused.shape == (2, 32, 128)
+    for j, g, u in [(0, 0, 0), (1, 2, 3), (1, 1, 15)]:  # block j, gate g, unit u
+        np.testing.assert_array_equal(fused[:, :, j * 64 + g * 16 + u],
+                                      w_t[:, :, g * 32 + j * 16 + u])
+    assert not fused[:, :, 48:64].any() and not fused[:, :, 112:].any()  # padded 4th gate
+    # a block's weights must fit on chip: 4 * 16 * 1024 floats do not, in bfloat16 they do
+    assert not persistent.plan("lstm", 1, 256, 1024, 132, resident=True).resident
+    assert persistent.plan("lstm", 1, 256, 1024, 132, resident=True, itemsize=2).resident
+
+
+@pytest.mark.parametrize("variant", [{}, {"resident": True, "fused": True, "poll_load": True}])
+def test_kernels_lower_to_triton_for_cuda(variant):
+    """No GPU here: lowering for CUDA still runs Pallas' Triton lowering of every kernel."""
+    tiling = persistent.plan("gru", 2, 64, 512, 132, **variant)
+    f32, time = jnp.float32, 3
+    xp = jnp.zeros((time, 2, tiling.batch, 3 * 512), f32)
+    state, lengths = jnp.zeros((2, tiling.batch, 512), f32), jnp.zeros((tiling.batch,), jnp.int32)
+    options = dict(dtype=None, precision=jax.lax.Precision.DEFAULT, interpret=False)
+    for record in (True, False):
+        forward = jax.jit(lambda *a, r=record: persistent.forward(
+            "gru", tiling, *a, record=r, **options))
+        text = forward.trace(lengths, xp, jnp.zeros((2, 512, 1536), f32), state[:, 0], state,
+                             state).lower(lowering_platforms=("cuda",)).as_text()
+        assert "__gpu$xla.gpu.triton" in text
+    hbuf = jnp.zeros((time + 1, 2, tiling.batch, 512), f32)
+    backward = jax.jit(lambda *a: persistent.backward("gru", tiling, *a, **options))
+    text = backward.trace(lengths, jnp.zeros((2, 1536, 512), f32),
+                          jnp.zeros((time, 2, tiling.batch, 2048), f32), hbuf, hbuf,
+                          hbuf[1:], state).lower(lowering_platforms=("cuda",)).as_text()
+    assert "__gpu$xla.gpu.triton" in text

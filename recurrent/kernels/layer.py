@@ -65,7 +65,8 @@ def configure(kind: str | None, impl: str, layer, batch: int, dtype) -> Config |
                          f"bfloat16 params; got {type(p).__name__} of {p.w_ih.dtype}"
                          + (f" with {', '.join(options)}" if options else ""))
     cores = jax.devices()[0].core_count if on_gpu else 1 << 30
-    tiling = persistent.plan(kind, len(layer), batch, hidden, cores)
+    itemsize = jnp.dtype(jnp.float32 if dtype is None else dtype).itemsize
+    tiling = persistent.plan(kind, len(layer), batch, hidden, cores, itemsize=itemsize)
     if tiling is None:
         raise ValueError(f"impl='pallas': no kernel tiling fits hidden_size={hidden}, "
                          f"batch={batch}, {len(layer)} direction(s) (hidden_size must be a "
@@ -79,14 +80,16 @@ def configure(kind: str | None, impl: str, layer, batch: int, dtype) -> Config |
 def _recurrence(config: Config, xp, w_hh, b_hn, h0, c0, lengths):
     """``(hs (T, D, B, H), c_n (D, B, H))``: the state after every step, and the LSTM's last
     cell state (zeros for the GRU)."""
-    return _forward(config, xp, w_hh, b_hn, h0, c0, lengths)[0]
+    return _forward(config, xp, w_hh, b_hn, h0, c0, lengths, record=False)[0]
 
 
-def _forward(config, xp, w_hh, b_hn, h0, c0, lengths):
+def _forward(config, xp, w_hh, b_hn, h0, c0, lengths, record=True):
+    """The recurrence, and the residuals of its VJP; ``record=False`` (no VJP) skips
+    writing the gates and the cell states of every step."""
     w_t = jnp.swapaxes(_cast(w_hh, config), 1, 2)  # (D, G*H, H) -> (D, H, G*H)
     hbuf, cbuf, acts, _ = persistent.forward(
         config.kind, config.plan, lengths, xp, w_t, b_hn, h0, c0, dtype=config.dtype,
-        precision=config.precision, interpret=config.interpret)
+        precision=config.precision, interpret=config.interpret, record=record)
     return (hbuf[1:], cbuf[-1]), (w_hh, acts, hbuf, cbuf, lengths)
 
 

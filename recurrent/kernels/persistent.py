@@ -13,6 +13,10 @@ The backward kernel runs the same way in reverse time. Each step's gate-gradient
 form its units' ``dh_{t-1} = dm_t @ w_hh[:, units]``. The weight gradient is one matmul over
 all steps, outside the kernel.
 
+:class:`Plan` also names variants of the kernels (``w_hh`` held on chip, gates fused into
+one matmul, barriers polled by loads). Without a VJP to feed, the forward kernel writes
+only ``h`` (``record=False``).
+
 Off GPU the kernels run in Pallas' interpret mode. The grid then runs one block after
 another, so a barrier would wait forever; instead a scan makes one call per time step (the
 kernels read their span of steps from ``span_ref``), and the blocks only read the previous
@@ -43,17 +47,34 @@ from jax.experimental.pallas import triton as plt
 GATES = {"lstm": 4, "gru": 3}
 MIN_BLOCK = 16  # Triton's smallest matmul side
 SPIN_LIMIT = 1 << 22  # a barrier waits at most this many polls, then stops waiting
+SHARED_BYTES = 160 << 10  # weights a block may hold on chip (an A100 has 164 KiB per block)
 
 
 class Plan(NamedTuple):
     """Static tiling of one layer: ``bh`` hidden units and ``bb`` batch rows per block,
-    ``kc`` rows per matmul chunk, ``batch`` the padded batch, ``warps`` per block."""
+    ``kc`` rows per matmul chunk, ``batch`` the padded batch, ``warps`` per block.
+
+    Three variants, off by default until a GPU has timed them (benchmarks/bench_gpu.py):
+
+    - ``resident`` loads a block's slice of ``w_hh`` once, before the time loop, rather
+      than at every step (the matmul chunks are then unrolled). Compiled for an H100, the
+      slice stays in shared memory.
+    - ``fused`` computes the forward gates of a block in one matmul of ``4*bh`` columns
+      (the GRU's padded with a zero gate), whose result is split, rather than in one
+      matmul per gate, each ``bh`` wide: with ``bh=16`` the warps of a block would
+      otherwise all compute the same narrow product. :func:`fuse` lays out ``w``.
+    - ``poll_load`` waits at a barrier by reading the counter with plain loads, and makes
+      one atomic access when it passes, rather than polling with atomics.
+    """
 
     bh: int
     bb: int
     kc: int
     batch: int
     warps: int
+    resident: bool = False
+    fused: bool = False
+    poll_load: bool = False
 
     def grid(self, num_dirs, hidden):
         return num_dirs, hidden // self.bh, self.batch // self.bb
@@ -64,13 +85,16 @@ def _pow2_at_least(n: int) -> int:
 
 
 def plan(kind: str, num_dirs: int, batch: int, hidden: int, num_cores: int,
-         split_batch: bool = True) -> Plan | None:
+         split_batch: bool = True, *, resident: bool = False, fused: bool = False,
+         poll_load: bool = False, itemsize: int = 4) -> Plan | None:
     """The tiling for these sizes, or ``None`` when the kernel does not fit them.
 
     The grid ``num_dirs * (hidden / bh) * (batch / bb)`` must not exceed ``num_cores`` (the
     barrier needs every block resident), and a block's accumulators must fit in registers.
     With ``split_batch`` the batch is split over blocks while the grid still fits, so that
-    more of the GPU works on each step.
+    more of the GPU works on each step. The variants are as asked (see :class:`Plan`),
+    except ``resident`` where a block's weights, ``itemsize`` bytes each, would take more
+    than ``SHARED_BYTES``.
     """
     if hidden % MIN_BLOCK:
         return None
@@ -89,7 +113,8 @@ def plan(kind: str, num_dirs: int, batch: int, hidden: int, num_cores: int,
     kc = max(MIN_BLOCK, min(64, 8192 // bb))
     while hidden % kc:
         kc //= 2
-    return Plan(bh, bb, kc, padded, 4 if bb * bh <= 1024 else 8)
+    resident = resident and 4 * bh * hidden * itemsize <= SHARED_BYTES
+    return Plan(bh, bb, kc, padded, 4 if bb * bh <= 1024 else 8, resident, fused, poll_load)
 
 
 class _Sync:
@@ -97,8 +122,8 @@ class _Sync:
     ``ref``): an arrival counter in ``ref[d, 0]`` that grows by ``nblk`` per step, and in
     ``ref[d, 1]`` the number of barriers that gave up waiting."""
 
-    def __init__(self, ref, d, nblk, interpret):
-        self.ref, self.nblk, self.interpret = ref, nblk, interpret
+    def __init__(self, ref, d, nblk, interpret, poll_load):
+        self.ref, self.nblk, self.interpret, self.poll_load = ref, nblk, interpret, poll_load
         self.d = d * pl.num_programs(2) + pl.program_id(2)  # a counter per batch tile
         # traced rather than literal: interpret mode cannot discharge constants in a loop
         self.zero = d * 0
@@ -115,6 +140,9 @@ class _Sync:
 
         def poll(state):
             _, spins = state
+            if self.poll_load:
+                count = _load(self.ref.at[pl.ds(self.d, 1), pl.ds(0, 1)], self.interpret)
+                return count[0, 0], spins + 1
             return plt.atomic_add(self.ref, (self.d, self.zero), self.zero), spins + 1
 
         def waiting(state):
@@ -122,6 +150,8 @@ class _Sync:
             return (count < target) & (spins < SPIN_LIMIT) & alive
 
         count, _ = jax.lax.while_loop(waiting, poll, (arrived, self.zero))
+        if self.poll_load:  # an atomic read orders the loads after the barrier
+            count = plt.atomic_add(self.ref, (self.d, self.zero), self.zero)
         return alive & (count >= target)
 
     def report(self, alive):
@@ -142,14 +172,25 @@ def _dot(a, b, dtype, precision):
     return jnp.dot(a, b, precision=precision, preferred_element_type=jnp.float32)
 
 
-def _accumulate(n, fn, init):
-    """``fn(k, acc)`` for ``k < n``: unrolled in Python when short, so that the compiler
-    can issue every chunk's loads at once; a loop otherwise."""
-    if n > 16:
+def _accumulate(n, fn, init, unrolled=False):
+    """``fn(k, acc)`` for ``k < n``: unrolled in Python when short or ``unrolled``, so that
+    the compiler can issue every chunk's loads at once; a loop otherwise."""
+    if n > 16 and not unrolled:
         return jax.lax.fori_loop(0, n, fn, init)
     for k in range(n):
         init = fn(k, init)
     return init
+
+
+def _weights(load, chunks, parts, resident, dtype):
+    """``weight(k, g)``: part ``g`` of matmul chunk ``k`` of a block's weights, ``load(k, g)``
+    at each use, or (``resident``) every part loaded once, here, before the time loop, and
+    cast to ``dtype``."""
+    if not resident:
+        return load
+    held = [[load(k, g) if dtype is None else load(k, g).astype(dtype)
+             for g in range(parts)] for k in range(chunks)]
+    return lambda k, g: held[k][g]
 
 
 def _rows(k, kc):
@@ -158,12 +199,14 @@ def _rows(k, kc):
 
 
 def _forward_kernel(span_ref, len_ref, xp_ref, w_ref, bhn_ref, hin_ref, cin_ref, sin_ref,
-                    hbuf_ref, cbuf_ref, acts_ref, sync_ref, *, kind, plan_, hidden, dtype,
-                    precision, interpret):
+                    *outs, kind, plan_, hidden, dtype, precision, interpret):
+    """``outs``: ``hbuf, cbuf, acts, sync``, or without ``acts`` when nothing records the
+    gates (inference); ``cbuf`` then gets only the last step's state."""
     del hin_ref, cin_ref, sin_ref  # aliased to hbuf_ref, cbuf_ref, sync_ref
+    hbuf_ref, cbuf_ref, *acts_ref, sync_ref = outs
     G, H, bh, kc = GATES[kind], hidden, plan_.bh, plan_.kc
     d, j = pl.program_id(0), pl.program_id(1)
-    sync = _Sync(sync_ref, d, pl.num_programs(1), interpret)
+    sync = _Sync(sync_ref, d, pl.num_programs(1), interpret, plan_.poll_load)
     units = pl.ds(j * bh, bh)
     rb = pl.ds(pl.program_id(2) * plan_.bb, plan_.bb)  # this block's batch rows
     lengths = len_ref[rb]  # (bb,)
@@ -177,24 +220,33 @@ def _forward_kernel(span_ref, len_ref, xp_ref, w_ref, bhn_ref, hin_ref, cin_ref,
     def inputs(t):  # step t's projected inputs, G x (bb, bh)
         return tuple(xp_ref[jnp.minimum(t, last), d, rb, gate_cols(g)] for g in range(G))
 
+    if plan_.fused:  # one matmul for every gate: this block's 4*bh columns of w (fused)
+        parts, cols = 1, lambda _: pl.ds(j * 4 * bh, 4 * bh)
+    else:
+        parts, cols = G, gate_cols
+    weight = _weights(lambda k, g: w_ref[d, _rows(k, kc), cols(g)], H // kc, parts,
+                      plan_.resident, dtype)
+
     def step(t, state):
         c, h_old, x, alive = state  # own units' carry and this step's inputs
         # h_{t-1} = hbuf[t, d] (B, H) was written by every block at the last step
         def chunk(k, accs):
-            rows = _rows(k, kc)
-            h_k = _load(hbuf_ref.at[t, d, rb, rows], interpret)  # (bb, kc)
-            return tuple(acc + _dot(h_k, w_ref[d, rows, gate_cols(g)], dtype, precision)
+            h_k = _load(hbuf_ref.at[t, d, rb, _rows(k, kc)], interpret)  # (bb, kc)
+            return tuple(acc + _dot(h_k, weight(k, g), dtype, precision)
                          for g, acc in enumerate(accs))
 
-        zeros = jnp.zeros((plan_.bb, bh), jnp.float32)
-        rec = _accumulate(H // kc, chunk, (zeros,) * G)  # G x (bb, bh)
+        zeros = jnp.zeros((plan_.bb, bh * (4 if plan_.fused else 1)), jnp.float32)
+        rec = _accumulate(H // kc, chunk, (zeros,) * parts, plan_.resident)
+        if plan_.fused:
+            rec = jnp.split(rec[0], 4, axis=1)[:G]  # G x (bb, bh)
         valid = (t < lengths)[:, None]  # (bb, 1)
         if kind == "lstm":
             i, f, o = (jax.nn.sigmoid(x[g] + rec[g]) for g in (0, 1, 3))
             g_ = jnp.tanh(x[2] + rec[2])
             c_new = jnp.where(valid, f * c + i * g_, c)
             h_new = jnp.where(valid, o * jnp.tanh(c_new), h_old)
-            cbuf_ref[t + 1, d, rb, units] = c_new
+            if acts_ref:
+                cbuf_ref[t + 1, d, rb, units] = c_new
             gates = (i, f, g_, o)
         else:
             r, z = (jax.nn.sigmoid(x[g] + rec[g]) for g in (0, 1))
@@ -204,8 +256,8 @@ def _forward_kernel(span_ref, len_ref, xp_ref, w_ref, bhn_ref, hin_ref, cin_ref,
             h_new = jnp.where(valid, (1 - z) * n + z * h_old, h_old)
             gates = (r, z, n, hn)
         hbuf_ref[t + 1, d, rb, units] = h_new
-        for g, a in enumerate(gates):
-            acts_ref[t, d, rb, gate_cols(g)] = a
+        for g, a in enumerate(gates if acts_ref else ()):
+            acts_ref[0][t, d, rb, gate_cols(g)] = a
         x_next = inputs(t + 1)  # loaded before the barrier, to overlap with the wait
         alive = jax.lax.cond(t < stop - 1, lambda a: sync.wait(t - first, a), lambda a: a,
                              alive)
@@ -214,7 +266,9 @@ def _forward_kernel(span_ref, len_ref, xp_ref, w_ref, bhn_ref, hin_ref, cin_ref,
     c0 = cbuf_ref[first, d, rb, units] if kind == "lstm" else jnp.zeros((plan_.bb, bh))
     h0 = hbuf_ref[first, d, rb, units]
     state = (c0, h0, inputs(first), jnp.bool_(True))
-    *_, alive = jax.lax.fori_loop(first, stop, step, state)
+    c, *_, alive = jax.lax.fori_loop(first, stop, step, state)
+    if kind == "lstm" and not acts_ref:
+        cbuf_ref[stop, d, rb, units] = c
     sync.report(alive)
 
 
@@ -225,11 +279,13 @@ def _backward_kernel(span_ref, len_ref, w_ref, acts_ref, hbuf_ref, cbuf_ref, dh_
     del min_ref, sin_ref, dpass_in_ref, dc_in_ref  # aliased to outputs
     G, H, bh, kc = GATES[kind], hidden, plan_.bh, plan_.kc
     d, j = pl.program_id(0), pl.program_id(1)
-    sync = _Sync(sync_ref, d, pl.num_programs(1), interpret)
+    sync = _Sync(sync_ref, d, pl.num_programs(1), interpret, plan_.poll_load)
     units = pl.ds(j * bh, bh)
     rb = pl.ds(pl.program_id(2) * plan_.bb, plan_.bb)
     lengths = len_ref[rb]
     first, stop = span_ref[0], span_ref[1]  # this call runs t = stop - 1, ..., first
+    weight = _weights(lambda k, _: w_ref[d, _rows(k, kc), units], G * H // kc, 1,
+                      plan_.resident, dtype)
 
     def gate_cols(g):
         return pl.ds(g * H + j * bh, bh)
@@ -246,11 +302,11 @@ def _backward_kernel(span_ref, len_ref, w_ref, acts_ref, hbuf_ref, cbuf_ref, dh_
         t = stop - 1 - s
         # mbuf[t + 1, d] (B, G*H) holds every block's dm of step t + 1
         def chunk(k, acc):
-            rows = _rows(k, kc)
-            return acc + _dot(_load(mbuf_ref.at[t + 1, d, rb, rows], interpret),
-                              w_ref[d, rows, units], dtype, precision)
+            return acc + _dot(_load(mbuf_ref.at[t + 1, d, rb, _rows(k, kc)], interpret),
+                              weight(k, 0), dtype, precision)
 
-        rec = _accumulate(G * H // kc, chunk, jnp.zeros((plan_.bb, bh), jnp.float32))
+        rec = _accumulate(G * H // kc, chunk, jnp.zeros((plan_.bb, bh), jnp.float32),
+                          plan_.resident)
         dh_t, *a, own = now[0], *now[1:5], now[5:]
         dh = dh_t + d_pass + rec  # (bb, bh)
         valid = (t < lengths)[:, None]
@@ -319,22 +375,42 @@ def _launch(kernel, grid, outs, aliases, plan_, interpret, time, carried, stitch
     return results
 
 
-def forward(kind, plan_, lengths, xp, w_t, b_hn, h0, c0, *, dtype, precision, interpret):
+def fuse(w_t, bh):
+    """``w_t (D, H, G*H)``, gate-major columns, laid out for ``Plan.fused``: block ``j``'s
+    columns ``j*4*bh:(j+1)*4*bh`` hold its units of each gate, gate by gate; a fourth gate
+    of zeros pads the GRU's three. Returns ``(D, H, 4*H)``."""
+    num_dirs, hidden, cols = w_t.shape
+    gates = w_t.reshape(num_dirs, hidden, cols // hidden, hidden // bh, bh)
+    if gates.shape[2] == 3:
+        gates = jnp.pad(gates, ((0, 0), (0, 0), (0, 1), (0, 0), (0, 0)))
+    return gates.transpose(0, 1, 3, 2, 4).reshape(num_dirs, hidden, 4 * hidden)
+
+
+def forward(kind, plan_, lengths, xp, w_t, b_hn, h0, c0, *, dtype, precision, interpret,
+            record=True):
     """Runs the forward kernel. Returns ``(hbuf, cbuf, acts, sync)`` (see the module doc);
-    ``sync[:, 1]`` counts barriers that timed out (nonzero: the results are wrong)."""
+    ``sync[:, 1]`` counts barriers that timed out (nonzero: the results are wrong). Without
+    ``record`` (nothing to differentiate) ``acts`` is ``None`` and ``cbuf`` holds only the
+    first and last states."""
     time, num_dirs, batch, _ = xp.shape
     hidden = h0.shape[-1]
+    if plan_.fused:
+        w_t = fuse(w_t, plan_.bh)
     f32 = jax.ShapeDtypeStruct
     hbuf = jnp.zeros((time + 1, num_dirs, batch, hidden), jnp.float32).at[0].set(h0)
     cbuf = jnp.zeros_like(hbuf).at[0].set(c0)
     sync = _sync_buffer(plan_, num_dirs)
-    outs = (f32(hbuf.shape, jnp.float32), f32(cbuf.shape, jnp.float32),
-            f32((time, num_dirs, batch, 4 * hidden), jnp.float32), f32(sync.shape, jnp.int32))
+    acts = [f32((time, num_dirs, batch, 4 * hidden), jnp.float32)] if record else []
+    outs = (f32(hbuf.shape, jnp.float32), f32(cbuf.shape, jnp.float32), *acts,
+            f32(sync.shape, jnp.int32))
+    last = len(outs) - 1  # sync
     kernel = functools.partial(_forward_kernel, kind=kind, plan_=plan_, hidden=hidden,
                                dtype=dtype, precision=precision, interpret=interpret)
-    return _launch(kernel, plan_.grid(num_dirs, hidden), outs, {5: 0, 6: 1, 7: 3}, plan_,
-                   interpret, time, (0, 1, 3), (2,), False,
-                   lengths, xp, w_t, b_hn, hbuf, cbuf, sync)
+    hbuf, cbuf, *acts, sync = _launch(
+        kernel, plan_.grid(num_dirs, hidden), outs, {5: 0, 6: 1, 7: last}, plan_, interpret,
+        time, (0, 1, last), (2,) if record else (), False,
+        lengths, xp, w_t, b_hn, hbuf, cbuf, sync)
+    return hbuf, cbuf, (acts or [None])[0], sync
 
 
 def backward(kind, plan_, lengths, w, acts, hbuf, cbuf, dh, dc_n, *, dtype, precision,
