@@ -14,8 +14,8 @@ form its units' ``dh_{t-1} = dm_t @ w_hh[:, units]``. The weight gradient is one
 all steps, outside the kernel.
 
 :class:`Plan` also names variants of the kernels (``w_hh`` held on chip, gates fused into
-one matmul, barriers polled by loads). Without a VJP to feed, the forward kernel writes
-only ``h`` (``record=False``).
+one matmul, barriers polled by loads, loads issued ahead). Without a VJP to feed, the
+forward kernel writes only ``h`` (``record=False``).
 
 Off GPU the kernels run in Pallas' interpret mode. The grid then runs one block after
 another, so a barrier would wait forever; instead a scan makes one call per time step (the
@@ -54,7 +54,7 @@ class Plan(NamedTuple):
     """Static tiling of one layer: ``bh`` hidden units and ``bb`` batch rows per block,
     ``kc`` rows per matmul chunk, ``batch`` the padded batch, ``warps`` per block.
 
-    Three variants, off by default until a GPU has timed them (benchmarks/bench_gpu.py):
+    Four variants, off by default until a GPU has timed them (benchmarks/bench_gpu.py):
 
     - ``resident`` loads a block's slice of ``w_hh`` once, before the time loop, rather
       than at every step (the matmul chunks are then unrolled). Compiled for an H100, the
@@ -65,6 +65,11 @@ class Plan(NamedTuple):
       otherwise all compute the same narrow product. :func:`fuse` lays out ``w``.
     - ``poll_load`` waits at a barrier by reading the counter with plain loads, and makes
       one atomic access when it passes, rather than polling with atomics.
+    - ``prefetch`` loads the previous step's ``h`` (forward) or gate gradients (backward)
+      that many matmul chunks ahead of their use (the chunks are then unrolled). Without
+      it each chunk's load follows the shared-memory barriers of the chunk before, and
+      (compiled for an H100) ptxas hoists it only one chunk: a step waits on global memory
+      once per chunk, 8 times forward and 32 times backward at H 512.
     """
 
     bh: int
@@ -75,6 +80,7 @@ class Plan(NamedTuple):
     resident: bool = False
     fused: bool = False
     poll_load: bool = False
+    prefetch: int = 0
 
     def grid(self, num_dirs, hidden):
         return num_dirs, hidden // self.bh, self.batch // self.bb
@@ -86,7 +92,7 @@ def _pow2_at_least(n: int) -> int:
 
 def plan(kind: str, num_dirs: int, batch: int, hidden: int, num_cores: int,
          split_batch: bool = True, *, resident: bool = False, fused: bool = False,
-         poll_load: bool = False, itemsize: int = 4) -> Plan | None:
+         poll_load: bool = False, prefetch: int = 0, itemsize: int = 4) -> Plan | None:
     """The tiling for these sizes, or ``None`` when the kernel does not fit them.
 
     The grid ``num_dirs * (hidden / bh) * (batch / bb)`` must not exceed ``num_cores`` (the
@@ -114,7 +120,8 @@ def plan(kind: str, num_dirs: int, batch: int, hidden: int, num_cores: int,
     while hidden % kc:
         kc //= 2
     resident = resident and 4 * bh * hidden * itemsize <= SHARED_BYTES
-    return Plan(bh, bb, kc, padded, 4 if bb * bh <= 1024 else 8, resident, fused, poll_load)
+    return Plan(bh, bb, kc, padded, 4 if bb * bh <= 1024 else 8, resident, fused, poll_load,
+                prefetch)
 
 
 class _Sync:
@@ -172,13 +179,19 @@ def _dot(a, b, dtype, precision):
     return jnp.dot(a, b, precision=precision, preferred_element_type=jnp.float32)
 
 
-def _accumulate(n, fn, init, unrolled=False):
-    """``fn(k, acc)`` for ``k < n``: unrolled in Python when short or ``unrolled``, so that
-    the compiler can issue every chunk's loads at once; a loop otherwise."""
-    if n > 16 and not unrolled:
-        return jax.lax.fori_loop(0, n, fn, init)
+def _accumulate(n, load, fn, init, plan_):
+    """``fn(k, acc, load(k))`` for ``k < n``: a loop when long, otherwise unrolled in Python,
+    each ``load(k + plan_.prefetch)`` placed before the use of ``load(k)``. In program
+    order, every chunk's load then precedes the shared-memory barriers of the chunks
+    before it (the compiler does not move a load across them), so that ``prefetch`` waits
+    on global memory overlap."""
+    if n > 16 and not (plan_.resident or plan_.prefetch):
+        return jax.lax.fori_loop(0, n, lambda k, acc: fn(k, acc, load(k)), init)
+    loaded = [load(k) for k in range(min(plan_.prefetch, n))]
     for k in range(n):
-        init = fn(k, init)
+        if k + plan_.prefetch < n:
+            loaded.append(load(k + plan_.prefetch))
+        init = fn(k, init, loaded[k])
     return init
 
 
@@ -230,13 +243,15 @@ def _forward_kernel(span_ref, len_ref, xp_ref, w_ref, bhn_ref, hin_ref, cin_ref,
     def step(t, state):
         c, h_old, x, alive = state  # own units' carry and this step's inputs
         # h_{t-1} = hbuf[t, d] (B, H) was written by every block at the last step
-        def chunk(k, accs):
-            h_k = _load(hbuf_ref.at[t, d, rb, _rows(k, kc)], interpret)  # (bb, kc)
+        def load(k):  # (bb, kc)
+            return _load(hbuf_ref.at[t, d, rb, _rows(k, kc)], interpret)
+
+        def chunk(k, accs, h_k):
             return tuple(acc + _dot(h_k, weight(k, g), dtype, precision)
                          for g, acc in enumerate(accs))
 
         zeros = jnp.zeros((plan_.bb, bh * (4 if plan_.fused else 1)), jnp.float32)
-        rec = _accumulate(H // kc, chunk, (zeros,) * parts, plan_.resident)
+        rec = _accumulate(H // kc, load, chunk, (zeros,) * parts, plan_)
         if plan_.fused:
             rec = jnp.split(rec[0], 4, axis=1)[:G]  # G x (bb, bh)
         valid = (t < lengths)[:, None]  # (bb, 1)
@@ -301,12 +316,14 @@ def _backward_kernel(span_ref, len_ref, w_ref, acts_ref, hbuf_ref, cbuf_ref, dh_
         d_pass, dc, now, alive = state
         t = stop - 1 - s
         # mbuf[t + 1, d] (B, G*H) holds every block's dm of step t + 1
-        def chunk(k, acc):
-            return acc + _dot(_load(mbuf_ref.at[t + 1, d, rb, _rows(k, kc)], interpret),
-                              weight(k, 0), dtype, precision)
+        def load(k):  # (bb, kc)
+            return _load(mbuf_ref.at[t + 1, d, rb, _rows(k, kc)], interpret)
 
-        rec = _accumulate(G * H // kc, chunk, jnp.zeros((plan_.bb, bh), jnp.float32),
-                          plan_.resident)
+        def chunk(k, acc, m_k):
+            return acc + _dot(m_k, weight(k, 0), dtype, precision)
+
+        rec = _accumulate(G * H // kc, load, chunk, jnp.zeros((plan_.bb, bh), jnp.float32),
+                          plan_)
         dh_t, *a, own = now[0], *now[1:5], now[5:]
         dh = dh_t + d_pass + rec  # (bb, bh)
         valid = (t < lengths)[:, None]
