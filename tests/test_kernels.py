@@ -85,16 +85,17 @@ def test_impl_choice_and_errors():
         recurrent.lstm(params, x, impl="cudnn")
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_kernel_variants_equal_reference(kind, monkeypatch):
-    """The weights held on chip, the gates fused into one matmul, polling by loads, and
-    loads 3 chunks ahead: with chunks of 16 rows, 2 chunks forward (all loaded at once) and
-    6 (GRU) or 8 (LSTM) backward."""
+@pytest.mark.parametrize("kind, scatter", [("lstm", False), ("gru", True)])
+def test_kernel_variants_equal_reference(kind, scatter, monkeypatch):
+    """The weights held on chip, the gates fused into one matmul, polling by loads, loads 3
+    chunks ahead (with chunks of 16 rows: 2 chunks forward, all loaded at once, and 8
+    backward), and the backward pass that scatters products (its shares from 2 blocks)."""
     params, x, lengths, state = _case(kind, seed=2)
     run = recurrent.lstm if kind == "lstm" else recurrent.gru
     plan = persistent.plan
     monkeypatch.setattr(persistent, "plan", lambda *a, **k: plan(
-        *a, **k, resident=True, fused=True, poll_load=True, prefetch=3)._replace(kc=16))
+        *a, **k, resident=True, fused=True, poll_load=True, prefetch=3,
+        scatter=scatter)._replace(kc=16))
     assert kernel_layer.configure(kind, "pallas", params[0], B, None).plan.resident
 
     def loss(impl, p, x, s):
@@ -121,7 +122,7 @@ def test_fused_layout_and_resident_limit():
 
 
 @pytest.mark.parametrize("variant", [
-    {}, {"resident": True, "fused": True, "poll_load": True, "prefetch": 8}])
+    {}, {"resident": True, "fused": True, "poll_load": True, "prefetch": 8, "scatter": True}])
 def test_kernels_lower_to_triton_for_cuda(variant):
     """No GPU here: lowering for CUDA still runs Pallas' Triton lowering of every kernel."""
     tiling = persistent.plan("gru", 2, 64, 512, 132, **variant)

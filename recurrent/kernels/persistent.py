@@ -14,8 +14,9 @@ form its units' ``dh_{t-1} = dm_t @ w_hh[:, units]``. The weight gradient is one
 all steps, outside the kernel.
 
 :class:`Plan` also names variants of the kernels (``w_hh`` held on chip, gates fused into
-one matmul, barriers polled by loads, loads issued ahead). Without a VJP to feed, the
-forward kernel writes only ``h`` (``record=False``).
+one matmul, barriers polled by loads, loads issued ahead, a backward pass that scatters
+products rather than gathering gradients). Without a VJP to feed, the forward kernel
+writes only ``h`` (``record=False``).
 
 Off GPU the kernels run in Pallas' interpret mode. The grid then runs one block after
 another, so a barrier would wait forever; instead a scan makes one call per time step (the
@@ -54,7 +55,7 @@ class Plan(NamedTuple):
     """Static tiling of one layer: ``bh`` hidden units and ``bb`` batch rows per block,
     ``kc`` rows per matmul chunk, ``batch`` the padded batch, ``warps`` per block.
 
-    Four variants, off by default until a GPU has timed them (benchmarks/bench_gpu.py):
+    Five variants, off by default until a GPU has timed them (benchmarks/bench_gpu.py):
 
     - ``resident`` loads a block's slice of ``w_hh`` once, before the time loop, rather
       than at every step (the matmul chunks are then unrolled). Compiled for an H100, the
@@ -70,6 +71,11 @@ class Plan(NamedTuple):
       it each chunk's load follows the shared-memory barriers of the chunk before, and
       (compiled for an H100) ptxas hoists it only one chunk: a step waits on global memory
       once per chunk, 8 times forward and 32 times backward at H 512.
+    - ``scatter`` (backward) has each block multiply its own gate gradients by its own
+      rows of ``w_hh``, for every unit, and write that ``(bb, H)`` share; after the barrier
+      a block sums the shares of its units. Otherwise each block reads every block's gate
+      gradients, ``(bb, G*H)``, and multiplies them by its columns of ``w_hh``: four times
+      the reads, and a product only ``bh`` wide that every warp of the block repeats.
     """
 
     bh: int
@@ -81,6 +87,7 @@ class Plan(NamedTuple):
     fused: bool = False
     poll_load: bool = False
     prefetch: int = 0
+    scatter: bool = False
 
     def grid(self, num_dirs, hidden):
         return num_dirs, hidden // self.bh, self.batch // self.bb
@@ -92,7 +99,8 @@ def _pow2_at_least(n: int) -> int:
 
 def plan(kind: str, num_dirs: int, batch: int, hidden: int, num_cores: int,
          split_batch: bool = True, *, resident: bool = False, fused: bool = False,
-         poll_load: bool = False, prefetch: int = 0, itemsize: int = 4) -> Plan | None:
+         poll_load: bool = False, prefetch: int = 0, scatter: bool = False,
+         itemsize: int = 4) -> Plan | None:
     """The tiling for these sizes, or ``None`` when the kernel does not fit them.
 
     The grid ``num_dirs * (hidden / bh) * (batch / bb)`` must not exceed ``num_cores`` (the
@@ -100,7 +108,8 @@ def plan(kind: str, num_dirs: int, batch: int, hidden: int, num_cores: int,
     With ``split_batch`` the batch is split over blocks while the grid still fits, so that
     more of the GPU works on each step. The variants are as asked (see :class:`Plan`),
     except ``resident`` where a block's weights, ``itemsize`` bytes each, would take more
-    than ``SHARED_BYTES``.
+    than ``SHARED_BYTES``, ``prefetch`` where the chunks loaded ahead would take more
+    than 64 registers a thread, and ``scatter`` where its share of the product would.
     """
     if hidden % MIN_BLOCK:
         return None
@@ -120,8 +129,11 @@ def plan(kind: str, num_dirs: int, batch: int, hidden: int, num_cores: int,
     while hidden % kc:
         kc //= 2
     resident = resident and 4 * bh * hidden * itemsize <= SHARED_BYTES
-    return Plan(bh, bb, kc, padded, 4 if bb * bh <= 1024 else 8, resident, fused, poll_load,
-                prefetch)
+    warps = 4 if bb * bh <= 1024 else 8
+    room = 64 * 32 * warps  # 64 registers a thread, in floats per block
+    prefetch = min(prefetch, room // (bb * kc))
+    scatter = scatter and bb * hidden <= room  # its (bb, H) share of dm @ w_hh
+    return Plan(bh, bb, kc, padded, warps, resident, fused, poll_load, prefetch, scatter)
 
 
 class _Sync:
@@ -288,10 +300,10 @@ def _forward_kernel(span_ref, len_ref, xp_ref, w_ref, bhn_ref, hin_ref, cin_ref,
 
 
 def _backward_kernel(span_ref, len_ref, w_ref, acts_ref, hbuf_ref, cbuf_ref, dh_ref,
-                     min_ref, sin_ref, dpass_in_ref, dc_in_ref,
-                     mbuf_ref, dxn_ref, dpass_ref, dc_ref, sync_ref, *, kind, plan_,
+                     min_ref, sin_ref, dpass_in_ref, dc_in_ref, pin_ref,
+                     mbuf_ref, dxn_ref, dpass_ref, dc_ref, sync_ref, pbuf_ref, *, kind, plan_,
                      hidden, dtype, precision, interpret):
-    del min_ref, sin_ref, dpass_in_ref, dc_in_ref  # aliased to outputs
+    del min_ref, sin_ref, dpass_in_ref, dc_in_ref, pin_ref  # aliased to outputs
     G, H, bh, kc = GATES[kind], hidden, plan_.bh, plan_.kc
     d, j = pl.program_id(0), pl.program_id(1)
     sync = _Sync(sync_ref, d, pl.num_programs(1), interpret, plan_.poll_load)
@@ -299,11 +311,14 @@ def _backward_kernel(span_ref, len_ref, w_ref, acts_ref, hbuf_ref, cbuf_ref, dh_
     rb = pl.ds(pl.program_id(2) * plan_.bb, plan_.bb)
     lengths = len_ref[rb]
     first, stop = span_ref[0], span_ref[1]  # this call runs t = stop - 1, ..., first
-    weight = _weights(lambda k, _: w_ref[d, _rows(k, kc), units], G * H // kc, 1,
-                      plan_.resident, dtype)
-
     def gate_cols(g):
         return pl.ds(g * H + j * bh, bh)
+
+    if plan_.scatter:  # this block's rows of w (D, G*H, H), gate by gate: G x (bh, H)
+        weight = _weights(lambda _, g: w_ref[d, gate_cols(g), :], 1, G, plan_.resident, dtype)
+    else:  # every row of this block's columns, chunk by chunk: (kc, bh)
+        weight = _weights(lambda k, _: w_ref[d, _rows(k, kc), units], G * H // kc, 1,
+                          plan_.resident, dtype)
 
     def local(t):  # what step t reads of this block's own: dh_t, gates, states
         t = jnp.maximum(t, 0)
@@ -315,15 +330,18 @@ def _backward_kernel(span_ref, len_ref, w_ref, acts_ref, hbuf_ref, cbuf_ref, dh_
     def step(s, state):
         d_pass, dc, now, alive = state
         t = stop - 1 - s
-        # mbuf[t + 1, d] (B, G*H) holds every block's dm of step t + 1
-        def load(k):  # (bb, kc)
-            return _load(mbuf_ref.at[t + 1, d, rb, _rows(k, kc)], interpret)
+        if plan_.scatter:  # the products of every block's dm of step t + 1, for own units
+            parts = _load(pbuf_ref.at[(t + 1) % 2, d, :, rb, units], interpret)
+            rec = jnp.sum(parts, axis=0)  # (nblk, bb, bh) -> (bb, bh)
+        else:  # mbuf[t + 1, d] (B, G*H) holds every block's dm of step t + 1
+            def load(k):  # (bb, kc)
+                return _load(mbuf_ref.at[t + 1, d, rb, _rows(k, kc)], interpret)
 
-        def chunk(k, acc, m_k):
-            return acc + _dot(m_k, weight(k, 0), dtype, precision)
+            def chunk(k, acc, m_k):
+                return acc + _dot(m_k, weight(k, 0), dtype, precision)
 
-        rec = _accumulate(G * H // kc, load, chunk, jnp.zeros((plan_.bb, bh), jnp.float32),
-                          plan_)
+            rec = _accumulate(G * H // kc, load, chunk,
+                              jnp.zeros((plan_.bb, bh), jnp.float32), plan_)
         dh_t, *a, own = now[0], *now[1:5], now[5:]
         dh = dh_t + d_pass + rec  # (bb, bh)
         valid = (t < lengths)[:, None]
@@ -344,8 +362,12 @@ def _backward_kernel(span_ref, len_ref, w_ref, acts_ref, hbuf_ref, cbuf_ref, dh_
             dxn_ref[t, d, rb, units] = jnp.where(valid, dgn, 0.0)
             dc_new = dc
             d_pass_new = jnp.where(valid, dh * z, dh)
+        dm = [jnp.where(valid, m, 0.0) for m in dm]
         for g, m in enumerate(dm):
-            mbuf_ref[t, d, rb, gate_cols(g)] = jnp.where(valid, m, 0.0)
+            mbuf_ref[t, d, rb, gate_cols(g)] = m
+        if plan_.scatter:  # own rows' share of dm_t @ w_hh, for every unit: (bb, H)
+            pbuf_ref[t % 2, d, j, rb, :] = functools.reduce(
+                jnp.add, (_dot(m, weight(0, g), dtype, precision) for g, m in enumerate(dm)))
         after = local(t - 1)  # loaded before the barrier, to overlap with the wait
         alive = jax.lax.cond(t > first, lambda a: sync.wait(s, a), lambda a: a, alive)
         return d_pass_new, dc_new, after, alive
@@ -442,13 +464,18 @@ def backward(kind, plan_, lengths, w, acts, hbuf, cbuf, dh, dc_n, *, dtype, prec
     mbuf = jnp.zeros((time + 1, num_dirs, batch, GATES[kind] * hidden), jnp.float32)
     d_pass = jnp.zeros((num_dirs, batch, hidden), jnp.float32)
     sync = _sync_buffer(plan_, num_dirs)
+    # Plan.scatter: each block's (B, H) share of dm @ w_hh, two steps' worth (the barrier
+    # between them keeps a slot from being written before all have read it); the blocks
+    # padded to a power of two with rows of zeros
+    pbuf = jnp.zeros((2, num_dirs, _pow2_at_least(hidden // plan_.bh), batch, hidden)
+                     if plan_.scatter else (1,) * 5, jnp.float32)
     outs = (f32(mbuf.shape, jnp.float32), f32(dh.shape, jnp.float32),
             f32(d_pass.shape, jnp.float32), f32(d_pass.shape, jnp.float32),
-            f32(sync.shape, jnp.int32))
+            f32(sync.shape, jnp.int32), f32(pbuf.shape, jnp.float32))
     kernel = functools.partial(_backward_kernel, kind=kind, plan_=plan_, hidden=hidden,
                                dtype=dtype, precision=precision, interpret=interpret)
-    mbuf, dxn, d_pass, dc, sync = _launch(
-        kernel, plan_.grid(num_dirs, hidden), outs, {7: 0, 8: 4, 9: 2, 10: 3}, plan_,
-        interpret, time, (0, 2, 3, 4), (1,), True,
-        lengths, w, acts, hbuf, cbuf, dh, mbuf, sync, d_pass, dc_n)
+    mbuf, dxn, d_pass, dc, sync, _ = _launch(
+        kernel, plan_.grid(num_dirs, hidden), outs, {7: 0, 8: 4, 9: 2, 10: 3, 11: 5}, plan_,
+        interpret, time, (0, 2, 3, 4, 5), (1,), True,
+        lengths, w, acts, hbuf, cbuf, dh, mbuf, sync, d_pass, dc_n, pbuf)
     return mbuf[:time], dxn, d_pass, dc, sync
