@@ -12,8 +12,12 @@ barriers that timed out (0 when sound). Then, for the LSTM
 and the GRU at each configuration, it times ``torch.nn.LSTM``/``GRU`` (cuDNN),
 ``jax.experimental.rnn.lstm`` (cuDNN, LSTM only), flax ``RNN(OptimizedLSTMCell)`` /
 ``RNN(GRUCell)``, ``recurrent`` with ``impl="fast"`` (the XLA path, at the GPU default
-``unroll=8``) and with ``impl="pallas"``, each at
+``unroll=8``) and with ``impl="pallas"``, the kernel as it is by default and as its
+candidate ``VARIANT`` (``persistent.Plan``: weights held on chip, gates fused, loads
+issued ahead, a scattering backward pass, barriers polled by loads; checked for
+correctness beside the default), each at
 its library's default float32 precision (TF32 matmuls on this GPU for all of them).
+The tuning table times the XLA path's ``unroll`` and the kernel's variants one by one.
 Forward+backward is the gradient of ``sum(y)`` with respect to the params and ``x``.
 Medians in ms of interleaved repetitions; ratios below 1 mean the kernel is faster.
 Rows stop being started once ``--budget`` seconds have passed. Everything is written to
@@ -23,6 +27,7 @@ Rows stop being started once ``--budget`` seconds have passed. Everything is wri
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from pathlib import Path
 
@@ -40,6 +45,14 @@ CONFIGS = [(64, 256, 256, 512, 1, False), (32, 1024, 128, 256, 1, False),
            (256, 256, 1024, 1024, 1, False), (64, 256, 256, 512, 2, True)]
 QUICK_CONFIGS = [(16, 32, 16, 64, 1, False), (16, 32, 16, 64, 2, True)]
 CHECKS = [(40, 17, 24, 256, 1, True), (5, 33, 12, 64, 2, True), (64, 40, 32, 512, 1, False)]
+# the kernel's candidate variant (persistent.Plan), timed beside its default
+VARIANT = {"resident": True, "fused": True, "prefetch": 8, "scatter": True, "poll_load": True}
+TUNING = {"default": {}, "prefetch": {"prefetch": 8}, "resident": {"resident": True},
+          "resident fused": {"resident": True, "fused": True},
+          "resident fused prefetch": {"resident": True, "fused": True, "prefetch": 8},
+          "resident fused prefetch scatter": {**VARIANT, "poll_load": False},
+          "poll_load": {"poll_load": True}, "all (VARIANT)": VARIANT,
+          "all, no batch split": {**VARIANT, "split_batch": False}}
 LAYERS = {"lstm": (recurrent.init_lstm, recurrent.lstm),
           "gru": (recurrent.init_gru, recurrent.gru)}
 
@@ -57,9 +70,28 @@ def _rel(a, b):
     return float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-30))
 
 
-def check(kind, config, dtype=None):
-    """Largest relative error of the kernel against the XLA path, both with matmuls in
-    ``dtype``, over outputs, states and gradients (params, x, initial state)."""
+@contextlib.contextmanager
+def _plans(**variant):
+    """Within: :func:`persistent.plan` gives ``variant`` (see ``persistent.Plan``) too."""
+    original = persistent.plan
+    persistent.plan = lambda *a, **k: original(*a, **{**variant, **k})
+    try:
+        yield
+    finally:
+        persistent.plan = original
+
+
+def _traced(variant, fns):
+    """Compiles the zero-argument ``fns`` with the kernel ``variant``; returns them."""
+    with _plans(**variant):
+        jax.block_until_ready([f() for f in fns])
+    return fns
+
+
+def check(kind, config, dtype=None, variant=None):
+    """Largest relative error of the kernel (``variant`` of it) against the XLA path, both
+    with matmuls in ``dtype``, over outputs, states and gradients (params, x, initial
+    state)."""
     init, run = LAYERS[kind]
     x, lengths, h0, c0 = _inputs(config)
     params = init(jax.random.PRNGKey(1), config[2], config[3], config[4], config[5])
@@ -76,18 +108,19 @@ def check(kind, config, dtype=None):
 
     errors = {}
     for name, fn in (("value", values), ("grad", jax.grad(loss, argnums=(1, 2, 3)))):
-        with jax.default_matmul_precision("highest"):
+        with jax.default_matmul_precision("highest"), _plans(**(variant or {})):
             got = jax.jit(fn, static_argnums=0)("pallas", params, x, state)
             want = jax.jit(fn, static_argnums=0)("fast", params, x, state)
         errors[name] = max(jax.tree.leaves(jax.tree.map(_rel, got, want)))
     return errors
 
 
-def barrier_timeouts(kind, config):
+def barrier_timeouts(kind, config, variant=None):
     """How many grid barriers gave up waiting in one forward launch (0 when sound)."""
     batch, time_steps, _, hidden, _, bi = config
     num_dirs = 2 if bi else 1
-    p = persistent.plan(kind, num_dirs, batch, hidden, jax.devices()[0].core_count)
+    p = persistent.plan(kind, num_dirs, batch, hidden, jax.devices()[0].core_count,
+                        **(variant or {}))
     g = persistent.GATES[kind]
     xp = jnp.ones((time_steps, num_dirs, p.batch, g * hidden)) * 0.1
     w_t = jnp.ones((num_dirs, hidden, g * hidden)) * 0.01
@@ -104,8 +137,9 @@ def _jax_fns(apply, params, x):
     return jax_fns(apply, params, x, argnums=(0, 1))
 
 
-def _libraries(kind, config, torch):
-    """``{name: (forward, training)}`` zero-argument callables for one configuration."""
+def _libraries(kind, config, torch, variant=True):
+    """``{name: (forward, training)}`` zero-argument callables for one configuration; the
+    kernel's ``VARIANT`` too if ``variant``."""
     batch, time_steps, inputs, hidden, layers, bi = config
     key = jax.random.PRNGKey(0)
     x = jax.random.normal(key, (batch, time_steps, inputs))
@@ -113,6 +147,9 @@ def _libraries(kind, config, torch):
     params = init(key, inputs, hidden, layers, bi)
     libs = {name: _jax_fns(lambda p, x, impl=impl: run(p, x, impl=impl)[0], params, x)
             for name, impl in (("kernel", "pallas"), ("xla", "fast"))}
+    if variant:
+        libs["variant"] = _traced(VARIANT, _jax_fns(
+            lambda p, x: run(p, x, impl="pallas")[0], params, x))
     module = FlaxStack(kind, hidden, layers, bi)
     libs["flax"] = _jax_fns(module.apply, module.init(key, x), x)
     if kind == "lstm":
@@ -157,34 +194,27 @@ def _torch_fns(kind, config, x, torch):
 
 
 HEADER = ("| cell | B, T, I, H | layers × dirs | pass | torch cuDNN | jax cuDNN | flax "
-          "| recurrent xla | recurrent kernel | kernel / torch | kernel / xla |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|")
+          "| recurrent xla | recurrent kernel | kernel variant | kernel / torch "
+          "| variant / torch | faster kernel / xla |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def _row(kind, config, mode, ms):
     batch, time_steps, inputs, hidden, layers, bi = config
     cudnn = f"{ms['jax cuDNN']:.2f}" if "jax cuDNN" in ms else "—"
+    torch, variant = ms["torch cuDNN"], ms.get("variant", float("nan"))
     return (f"| {kind.upper()} | {batch}, {time_steps}, {inputs}, {hidden} | "
             f"{layers} × {2 if bi else 1} | {('forward', 'fwd+bwd')[mode]} | "
-            f"{ms['torch cuDNN']:.2f} | {cudnn} | {ms['flax']:.2f} | {ms['xla']:.2f} | "
-            f"{ms['kernel']:.2f} | {ms['kernel'] / ms['torch cuDNN']:.2f} | "
-            f"{ms['kernel'] / ms['xla']:.2f} |")
+            f"{torch:.2f} | {cudnn} | {ms['flax']:.2f} | {ms['xla']:.2f} | "
+            f"{ms['kernel']:.2f} | {variant:.2f} | {ms['kernel'] / torch:.2f} | "
+            f"{variant / torch:.2f} | "
+            f"{min(ms['kernel'], variant) / ms['xla']:.2f} |")
 
 
-def _traced_with_plan(tiling, fns):
-    """Compiles the zero-argument ``fns`` while :func:`persistent.plan` returns ``tiling``."""
-    original = persistent.plan
-    persistent.plan = lambda *a, **k: tiling
-    try:
-        jax.block_until_ready([f() for f in fns])
-    finally:
-        persistent.plan = original
-    return fns
-
-
-def _tuning(config, repeats):
-    """The XLA path's ``unroll`` and the kernel's tiling, LSTM at ``config``; each kernel
-    variant's largest output difference from the XLA path is shown beside its times."""
+def _tuning(config, repeats, variants=True):
+    """The XLA path's ``unroll`` and the kernel's tiling, LSTM at ``config``, with the
+    kernel's ``TUNING`` variants if ``variants``; each kernel variant's largest output
+    difference from the XLA path is shown beside its times."""
     batch, time_steps, inputs, hidden, layers, bi = config
     key = jax.random.PRNGKey(0)
     x = jax.random.normal(key, (batch, time_steps, inputs))
@@ -192,17 +222,13 @@ def _tuning(config, repeats):
     fns = {f"xla unroll={u}": _jax_fns(
         lambda p, x, u=u: recurrent.lstm(p, x, impl="fast", unroll=u)[0], params, x)
         for u in (1, 2, 4, 8)}
-    cores = jax.devices()[0].core_count
-    split = persistent.plan("lstm", 2 if bi else 1, batch, hidden, cores)
-    whole = persistent.plan("lstm", 2 if bi else 1, batch, hidden, cores, split_batch=False)
-    variants = [split, whole, split._replace(kc=hidden), split._replace(warps=8),
-                whole._replace(warps=8)]
-    for tiling in variants:
-        name = "kernel " + ", ".join(f"{k}={v}" for k, v in tiling._asdict().items())
-        fns[name] = _traced_with_plan(tiling, _jax_fns(
+    for name, variant in TUNING.items() if variants else [("default", {})]:
+        fns[f"kernel {name}"] = _traced(variant, _jax_fns(
             lambda q, x: recurrent.lstm(q, x, impl="pallas")[0], params, x))
-    fns["kernel bf16"] = _jax_fns(
-        lambda p, x: recurrent.lstm(p, x, impl="pallas", dtype=jnp.bfloat16)[0], params, x)
+    for name, variant in (("", {}), (" variant", VARIANT))[:2 if variants else 1]:
+        fns[f"kernel bf16{name}"] = _traced(variant, _jax_fns(
+            lambda p, x: recurrent.lstm(p, x, impl="pallas", dtype=jnp.bfloat16)[0],
+            params, x))
     want = fns["xla unroll=1"][0]()
     lines = ["| variant | forward | fwd+bwd | max abs diff from xla |", "|---|---|---|---|"]
     fwd = measure({n: f[0] for n, f in fns.items()}, repeats)
@@ -243,23 +269,34 @@ def main(argv=None):
         args.out.write_text("\n".join(lines) + "\n")
 
     emit("## Correctness on the GPU (kernel vs XLA path, max relative error)", "",
-         "| cell | B, T, I, H, layers, bi | dtype | values | gradients | barrier timeouts |",
-         "|---|---|---|---|---|---|")
+         f"The variant is {VARIANT}.", "",
+         "| cell | B, T, I, H, layers, bi | kernel | dtype | values | gradients "
+         "| barrier timeouts |", "|---|---|---|---|---|---|---|")
+    sound = True  # the variant passed every check
     for kind in ("lstm", "gru"):
         for config in CHECKS[:args.checks]:
             for dtype in (None, jnp.bfloat16)[:args.check_dtypes]:
-                try:
-                    err = check(kind, config, dtype)
-                    timeouts = barrier_timeouts(kind, config)
-                    emit(f"| {kind} | {config} | {jnp.dtype(dtype or jnp.float32).name} | "
-                         f"{err['value']:.1e} | {err['grad']:.1e} | {timeouts} |")
-                except Exception as e:  # keep going: the rest of the table still informs
-                    emit(f"| {kind} | {config} | {dtype} | error: {type(e).__name__}: "
-                         f"{str(e)[:300]} | | |")
+                for name, variant in (("default", {}), ("variant", VARIANT)):
+                    ok = False
+                    try:
+                        err = check(kind, config, dtype, variant)
+                        timeouts = barrier_timeouts(kind, config, variant)
+                        emit(f"| {kind} | {config} | {name} | "
+                             f"{jnp.dtype(dtype or jnp.float32).name} | {err['value']:.1e} | "
+                             f"{err['grad']:.1e} | {timeouts} |")
+                        ok = timeouts == 0 and max(err.values()) < (1e-2 if dtype else 1e-4)
+                    except Exception as e:  # keep going: the rest still informs
+                        emit(f"| {kind} | {config} | {name} | {dtype} | error: "
+                             f"{type(e).__name__}: {str(e)[:300]} | | |")
+                    sound = sound and (ok or name == "default")
+    if not sound:  # a barrier that never opens would cost every step its time-out
+        emit("", "The variant failed a check above: it is not timed.")
+
     def tuning():
         emit("", f"## Tuning (LSTM {CONFIGS[0]})", "")
         try:
-            emit(*_tuning(QUICK_CONFIGS[0] if args.quick else CONFIGS[0], args.repeats))
+            emit(*_tuning(QUICK_CONFIGS[0] if args.quick else CONFIGS[0], args.repeats,
+                          sound))
         except Exception as e:
             emit(f"error: {type(e).__name__}: {str(e)[:300]}")
 
@@ -272,7 +309,7 @@ def main(argv=None):
                 emit(f"| {kind} | {config} | skipped: over the time budget |")
                 continue
             try:
-                libs = _libraries(kind, config, torch)
+                libs = _libraries(kind, config, torch, sound)
                 for mode in (0, 1):
                     ms = measure({n: f[mode] for n, f in libs.items()}, args.repeats)
                     emit(_row(kind, config, mode, ms))

@@ -67,7 +67,7 @@ class Plan(NamedTuple):
     - ``poll_load`` waits at a barrier by reading the counter with plain loads, and makes
       one atomic access when it passes, rather than polling with atomics.
     - ``prefetch`` loads the previous step's ``h`` (forward) or gate gradients (backward)
-      that many matmul chunks ahead of their use (the chunks are then unrolled). Without
+      that many matmul chunks ahead of their use, where the chunks are unrolled. Without
       it each chunk's load follows the shared-memory barriers of the chunk before, and
       (compiled for an H100) ptxas hoists it only one chunk: a step waits on global memory
       once per chunk, 8 times forward and 32 times backward at H 512.
@@ -109,7 +109,8 @@ def plan(kind: str, num_dirs: int, batch: int, hidden: int, num_cores: int,
     more of the GPU works on each step. The variants are as asked (see :class:`Plan`),
     except ``resident`` where a block's weights, ``itemsize`` bytes each, would take more
     than ``SHARED_BYTES``, ``prefetch`` where the chunks loaded ahead would take more
-    than 64 registers a thread, and ``scatter`` where its share of the product would.
+    than 64 registers a thread (none where one chunk takes more than 16), and ``scatter``
+    where its share of the product would take more than 64.
     """
     if hidden % MIN_BLOCK:
         return None
@@ -131,7 +132,7 @@ def plan(kind: str, num_dirs: int, batch: int, hidden: int, num_cores: int,
     resident = resident and 4 * bh * hidden * itemsize <= SHARED_BYTES
     warps = 4 if bb * bh <= 1024 else 8
     room = 64 * 32 * warps  # 64 registers a thread, in floats per block
-    prefetch = min(prefetch, room // (bb * kc))
+    prefetch = min(prefetch, room // (bb * kc)) if 4 * bb * kc <= room else 0
     scatter = scatter and bb * hidden <= room  # its (bb, H) share of dm @ w_hh
     return Plan(bh, bb, kc, padded, warps, resident, fused, poll_load, prefetch, scatter)
 
@@ -192,12 +193,13 @@ def _dot(a, b, dtype, precision):
 
 
 def _accumulate(n, load, fn, init, plan_):
-    """``fn(k, acc, load(k))`` for ``k < n``: a loop when long, otherwise unrolled in Python,
-    each ``load(k + plan_.prefetch)`` placed before the use of ``load(k)``. In program
-    order, every chunk's load then precedes the shared-memory barriers of the chunks
-    before it (the compiler does not move a load across them), so that ``prefetch`` waits
-    on global memory overlap."""
-    if n > 16 and not (plan_.resident or plan_.prefetch):
+    """``fn(k, acc, load(k))`` for ``k < n``: a loop when long (unless the weights are held
+    in unrolled chunks, ``plan_.resident``), otherwise unrolled in Python, each
+    ``load(k + plan_.prefetch)`` placed before the use of ``load(k)``. In program order,
+    every chunk's load then precedes the shared-memory barriers of the chunks before it
+    (the compiler does not move a load across them), so that ``prefetch`` waits on global
+    memory overlap."""
+    if n > 16 and not plan_.resident:
         return jax.lax.fori_loop(0, n, lambda k, acc: fn(k, acc, load(k)), init)
     loaded = [load(k) for k in range(min(plan_.prefetch, n))]
     for k in range(n):
