@@ -52,7 +52,7 @@ TUNING = {"default": {}, "prefetch": {"prefetch": 8}, "resident": {"resident": T
           "resident fused prefetch": {"resident": True, "fused": True, "prefetch": 8},
           "resident fused prefetch scatter": {**VARIANT, "poll_load": False},
           "poll_load": {"poll_load": True}, "all (VARIANT)": VARIANT,
-          "all, no batch split": {**VARIANT, "split_batch": False}}
+          "all, 8 warps": {**VARIANT, "warps": 8}}
 LAYERS = {"lstm": (recurrent.init_lstm, recurrent.lstm),
           "gru": (recurrent.init_gru, recurrent.gru)}
 

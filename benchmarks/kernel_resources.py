@@ -47,7 +47,9 @@ VARIANTS = {"default": {}, "prefetch": {"prefetch": 8}, "resident": {"resident":
             "resident fused prefetch scatter": {"resident": True, "fused": True,
                                                 "prefetch": 8, "scatter": True},
             "all (bench_gpu.VARIANT)": {"resident": True, "fused": True, "prefetch": 8,
-                                        "scatter": True, "poll_load": True}}
+                                        "scatter": True, "poll_load": True},
+            "all, 8 warps": {"resident": True, "fused": True, "prefetch": 8, "scatter": True,
+                             "poll_load": True, "warps": 8}}
 CORES = 132  # an H100 SXM's multiprocessors
 TIME = 8  # steps: the loop's body does not depend on it
 

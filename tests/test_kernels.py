@@ -108,7 +108,7 @@ def test_kernel_variants_equal_reference(kind, scatter, monkeypatch):
     _close(grad("pallas", params, x, state), grad("reference", params, x, state), 1e-5)
 
 
-def test_fused_layout_and_resident_limit():
+def test_fused_layout_and_variant_limits():
     w_t = jnp.arange(2 * 32 * 96, dtype=jnp.float32).reshape(2, 32, 96)  # GRU, H=32
     fused = persistent.fuse(w_t, 16)
     assert fused.shape == (2, 32, 128)
@@ -119,6 +119,11 @@ def test_fused_layout_and_resident_limit():
     # a block's weights must fit on chip: 4 * 16 * 1024 floats do not, in bfloat16 they do
     assert not persistent.plan("lstm", 1, 256, 1024, 132, resident=True).resident
     assert persistent.plan("lstm", 1, 256, 1024, 132, resident=True, itemsize=2).resident
+    # loads ahead and the scattered product must fit in 64 registers a thread
+    small = persistent.plan("lstm", 1, 64, 512, 132, prefetch=8, scatter=True)
+    large = persistent.plan("lstm", 1, 256, 1024, 132, prefetch=8, scatter=True)
+    assert (small.prefetch, small.scatter, large.prefetch, large.scatter) == (8, True, 0, False)
+    assert persistent.plan("lstm", 1, 64, 512, 132, warps=8).warps == 8
 
 
 @pytest.mark.parametrize("variant", [

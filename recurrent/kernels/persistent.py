@@ -100,17 +100,18 @@ def _pow2_at_least(n: int) -> int:
 def plan(kind: str, num_dirs: int, batch: int, hidden: int, num_cores: int,
          split_batch: bool = True, *, resident: bool = False, fused: bool = False,
          poll_load: bool = False, prefetch: int = 0, scatter: bool = False,
-         itemsize: int = 4) -> Plan | None:
+         itemsize: int = 4, warps: int | None = None) -> Plan | None:
     """The tiling for these sizes, or ``None`` when the kernel does not fit them.
 
     The grid ``num_dirs * (hidden / bh) * (batch / bb)`` must not exceed ``num_cores`` (the
     barrier needs every block resident), and a block's accumulators must fit in registers.
     With ``split_batch`` the batch is split over blocks while the grid still fits, so that
-    more of the GPU works on each step. The variants are as asked (see :class:`Plan`),
-    except ``resident`` where a block's weights, ``itemsize`` bytes each, would take more
-    than ``SHARED_BYTES``, ``prefetch`` where the chunks loaded ahead would take more
-    than 64 registers a thread (none where one chunk takes more than 16), and ``scatter``
-    where its share of the product would take more than 64.
+    more of the GPU works on each step. ``warps`` per block: 4, or 8 for large tiles,
+    unless given. The variants are as asked (see :class:`Plan`), except ``resident``
+    where a block's weights, ``itemsize`` bytes each, would take more than
+    ``SHARED_BYTES``, ``prefetch`` where the chunks loaded ahead would take more than 64
+    registers a thread (none where one chunk takes more than 16), and ``scatter`` where
+    its share of the product would take more than 64.
     """
     if hidden % MIN_BLOCK:
         return None
@@ -130,7 +131,7 @@ def plan(kind: str, num_dirs: int, batch: int, hidden: int, num_cores: int,
     while hidden % kc:
         kc //= 2
     resident = resident and 4 * bh * hidden * itemsize <= SHARED_BYTES
-    warps = 4 if bb * bh <= 1024 else 8
+    warps = warps or (4 if bb * bh <= 1024 else 8)
     room = 64 * 32 * warps  # 64 registers a thread, in floats per block
     prefetch = min(prefetch, room // (bb * kc)) if 4 * bb * kc <= room else 0
     scatter = scatter and bb * hidden <= room  # its (bb, H) share of dm @ w_hh
