@@ -88,8 +88,9 @@ def test_impl_choice_and_errors():
 @pytest.mark.parametrize("kind, scatter", [("lstm", False), ("gru", True)])
 def test_kernel_variants_equal_reference(kind, scatter, monkeypatch):
     """The weights held on chip, the gates fused into one matmul, polling by loads, loads 3
-    chunks ahead (with chunks of 16 rows: 2 chunks forward, all loaded at once, and 8
-    backward), and the backward pass that scatters products (its shares from 2 blocks)."""
+    chunks ahead (with chunks of 16 rows: 2 forward, all loaded at once, and 8 in the
+    LSTM's gathering backward pass), and the GRU's backward pass that scatters products
+    (the shares of 2 blocks)."""
     params, x, lengths, state = _case(kind, seed=2)
     run = recurrent.lstm if kind == "lstm" else recurrent.gru
     plan = persistent.plan
@@ -126,11 +127,12 @@ def test_fused_layout_and_variant_limits():
     assert persistent.plan("lstm", 1, 64, 512, 132, warps=8).warps == 8
 
 
-@pytest.mark.parametrize("variant", [
-    {}, {"resident": True, "fused": True, "poll_load": True, "prefetch": 8, "scatter": True}])
+@pytest.mark.parametrize("variant", [{}, {"resident": True, "fused": True, "poll_load": True,
+                                          "prefetch": 8, "scatter": True, "warps": 8}])
 def test_kernels_lower_to_triton_for_cuda(variant):
     """No GPU here: lowering for CUDA still runs Pallas' Triton lowering of every kernel."""
     tiling = persistent.plan("gru", 2, 64, 512, 132, **variant)
+    assert tiling.resident == tiling.scatter == (tiling.prefetch == 8) == bool(variant)
     f32, time = jnp.float32, 3
     xp = jnp.zeros((time, 2, tiling.batch, 3 * 512), f32)
     state, lengths = jnp.zeros((2, tiling.batch, 512), f32), jnp.zeros((tiling.batch,), jnp.int32)

@@ -314,6 +314,7 @@ def _backward_kernel(span_ref, len_ref, w_ref, acts_ref, hbuf_ref, cbuf_ref, dh_
     rb = pl.ds(pl.program_id(2) * plan_.bb, plan_.bb)
     lengths = len_ref[rb]
     first, stop = span_ref[0], span_ref[1]  # this call runs t = stop - 1, ..., first
+
     def gate_cols(g):
         return pl.ds(g * H + j * bh, bh)
 
