@@ -237,15 +237,14 @@ def layer_fn(cell: Cell, unroll: int = 1, chunk: int | None = None):
     def primal(params, xs, carry, valid):
         bias = bias_of(params, xs)
         time = xs.shape[0]
-        if chunk is None or chunk >= time:
-            carry, _, ys = forward(params, project(params, xs), bias, carry, valid, False)
-            return carry, ys
 
         def run_chunk(carry, inputs):
             x, v = inputs  # (K, batch, I), (K, batch) or None
             carry, _, ys = forward(params, project(params, x), bias, carry, v, False)
             return carry, ys
 
+        if chunk is None or chunk >= time:
+            return run_chunk(carry, (xs, valid))
         n = time // chunk
         split = lambda v, a, b: None if v is None else v[a:b]  # noqa: E731
         whole = lambda v: None if v is None else v.reshape(n, chunk, *v.shape[1:])  # noqa: E731
