@@ -22,10 +22,9 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from bench_cpu import CONFIGS, QUICK_CONFIGS, describe, layer_fns
-
 import recurrent
 
+from bench_cpu import CONFIGS, QUICK_CONFIGS, describe, layer_fns
 from common import machine, measure
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -3,18 +3,17 @@
     pip install triton   # its ptxas; not a dependency of recurrent
     python benchmarks/kernel_resources.py [--out PATH]
 
-Each kernel variant (the tilings :func:`recurrent.kernels.persistent.plan` picks for the
-configurations of ``bench_gpu.py``, with the variants of ``Plan`` where they fit) is
-lowered by Pallas for CUDA, compiled by Triton for an H100 (sm_90a) and assembled by
-ptxas. The table gives per block: registers per thread, bytes spilled to local memory,
-shared memory, and how many bytes each thread loads from global memory in the time loop
-(one step; a loop nested in it, such as a barrier's polling, counts once) and outside it,
-in how many rounds a step loads what other blocks wrote (see :func:`_step`), the
-tensor-core (``mma``) instructions a thread issues in one step, and the longest chain
-of them in which each waits for the one before (a step takes at least that many times an
-``mma``'s latency).
-A ``w_hh`` slice held on chip shows as shared memory and as loads outside the loop;
-streamed, it shows as loads in the loop.
+Each kernel variant that ``bench_gpu.py`` tunes (``TUNING``: the tilings
+:func:`recurrent.kernels.persistent.plan` picks, with the variants of ``Plan`` where they
+fit) is lowered by Pallas for CUDA, compiled by Triton for an H100 (sm_90a) and
+assembled by ptxas. The table gives per block: registers per thread, bytes spilled to
+local memory, shared memory, and how many bytes each thread loads from global memory in
+the time loop (one step; a loop nested in it, such as a barrier's polling, counts once)
+and outside it, in how many rounds a step loads what other blocks wrote (see
+:func:`_step`), the tensor-core (``mma``) instructions a thread issues in one step, and
+the longest chain of them in which each waits for the one before (a step takes at least
+that many times an ``mma``'s latency). A ``w_hh`` slice held on chip shows as shared
+memory and as loads outside the loop; streamed, it shows as loads in the loop.
 
 No timing: that needs the GPU (``bench_gpu.py``). This is how a variant is checked for
 spills and residency before device time is spent on it. Triton's own pipeline stands in
@@ -36,20 +35,12 @@ from jax._src.pallas.triton import lowering
 
 from recurrent.kernels import persistent
 
+from bench_gpu import TUNING
 from common import RESULTS
 
 # (cell, batch, hidden, directions, matmul dtype): bench_gpu.CONFIGS' layers
 CONFIGS = [("lstm", 64, 512, 1, None), ("gru", 64, 512, 1, None), ("lstm", 32, 256, 1, None),
            ("lstm", 64, 512, 2, None), ("lstm", 256, 1024, 1, None)]
-VARIANTS = {"default": {}, "prefetch": {"prefetch": 8}, "resident": {"resident": True},
-            "resident fused": {"resident": True, "fused": True},
-            "resident fused prefetch": {"resident": True, "fused": True, "prefetch": 8},
-            "resident fused prefetch scatter": {"resident": True, "fused": True,
-                                                "prefetch": 8, "scatter": True},
-            "all (bench_gpu.VARIANT)": {"resident": True, "fused": True, "prefetch": 8,
-                                        "scatter": True, "poll_load": True},
-            "all, 8 warps": {"resident": True, "fused": True, "prefetch": 8, "scatter": True,
-                             "poll_load": True, "warps": 8}}
 CORES = 132  # an H100 SXM's multiprocessors
 TIME = 8  # steps: the loop's body does not depend on it
 
@@ -178,7 +169,7 @@ def main(argv=None):
              "| mma per step | longest mma chain |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for kind, batch, hidden, dirs, dtype in CONFIGS:
-        for variant, overrides in VARIANTS.items():
+        for variant, overrides in TUNING.items():
             label = f"{kind.upper()}, {batch}, {hidden}, {dirs}, {dtype or 'float32'}"
             try:
                 tiling, modules = triton_ir(kind, batch, hidden, dirs, dtype, overrides)
