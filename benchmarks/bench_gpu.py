@@ -3,6 +3,7 @@ recurrent's XLA path, forward and forward+backward, in one process; plus the ker
 correctness on the GPU.
 
     python benchmarks/bench_gpu.py [--repeats 20] [--quick] [--budget 420] [--out PATH]
+                                   [--configs 0,3,1,2]
 
 First it checks the kernel (``impl="pallas"``) against the XLA path (``impl="fast"``) at
 full float32 precision: outputs, final states and every gradient, bidirectional and
@@ -251,6 +252,8 @@ def main(argv=None):
     parser.add_argument("--check-dtypes", type=int, default=2,
                         help="1: float32 only; 2: float32 and bfloat16")
     parser.add_argument("--tuning-first", action="store_true")
+    parser.add_argument("--configs", default=None,
+                        help="which rows of CONFIGS to time, in this order, e.g. 0,3,1,2")
     args = parser.parse_args(argv)
     import torch
 
@@ -303,7 +306,10 @@ def main(argv=None):
     if args.tuning_first:
         tuning()
     emit("", "## Speed", "", HEADER)
-    for config in QUICK_CONFIGS if args.quick else CONFIGS:
+    configs = QUICK_CONFIGS if args.quick else CONFIGS
+    if args.configs:
+        configs = [configs[int(i)] for i in args.configs.split(",")]
+    for config in configs:
         for kind in ("lstm", "gru"):
             if time.perf_counter() - start > args.budget:
                 emit(f"| {kind} | {config} | skipped: over the time budget |")
