@@ -22,16 +22,18 @@ from recurrent.minimal import mingru_cell, minlstm_cell, parallel_unroll
 from recurrent.regularize import Regularization, regularized_unroll
 from recurrent.unroll import carry_dtype, unroll
 
-# How the reference loop runs one layer and direction, by ``impl``; "fast" runs whole layers
-# through recurrent.fast instead, for cells with ``recurrence``.
+# How the reference loop runs one layer and direction, by ``impl``; "auto" and "fast" run
+# whole layers through recurrent.fast (or the GPU kernel) instead, for cells with
+# ``recurrence``.
 _UNROLLS = {
+    "auto": unroll,
     "fast": unroll,
     "reference": unroll,
     "deer": partial(deer_unroll, jacobian="full"),
     "quasi_deer": partial(deer_unroll, jacobian="diagonal"),
     "parallel": parallel_unroll,
 }
-_NONLINEAR_IMPLS = ("fast", "pallas", "reference", "deer", "quasi_deer")
+_NONLINEAR_IMPLS = ("auto", "fast", "pallas", "reference", "deer", "quasi_deer")
 _LINEAR_IMPLS = ("parallel", "reference")
 
 
@@ -105,8 +107,8 @@ def _run_stack(fn: str, make_cell: Callable[..., Cell], params, x, seq_lengths,
         else:
             checks.check_state(fn, "initial_state", initial_state, state_shape)
 
-    if impl in ("fast", "pallas") and cell.recurrence is not None:
-        configs = [kernel_layer.configure(kernel, impl, layer, batch, dtype)
+    if impl in ("auto", "fast", "pallas") and cell.recurrence is not None:
+        configs = [kernel_layer.configure(kernel, impl, layer, batch, dtype, remat_chunk)
                    for layer in params]
         out, state = _run_fast(cell, params, x, seq_lengths, initial_state, dropout, key,
                                batch_first, unroll_steps, remat_chunk, pair, num_dirs,
@@ -158,7 +160,7 @@ def _scan_impl(fn: str, impl: str, reg: Regularization | None, return_activation
     runs only the plain cell."""
     if not _needs_scan(reg, return_activations):
         return impl
-    if impl not in ("fast", "reference"):
+    if impl not in ("auto", "fast", "reference"):
         raise ValueError(f"{fn}: input_dropout, recurrent_dropout, zoneout and "
                          f"return_activations run in the scan (impl='reference'); "
                          f"impl={impl!r} cannot run them")
@@ -256,10 +258,11 @@ _LAYER_DOC = """
         runs the largest divisor of ``time`` not above it); ``None``:
         :func:`default_unroll` (8 on a GPU, 1 elsewhere).
       impl: {impl_doc}
-      remat_chunk: with ``impl="fast"``, rematerialise the scan in chunks of this many
-        steps: training memory then grows with ``time`` only through the layer's inputs
-        and outputs, at the cost of running the forward pass twice. ``None``: store every
-        step. Ignored by the other ``impl`` s.{options_doc}
+      remat_chunk: with ``impl="fast"`` (and ``"auto"``, which then takes the XLA path),
+        rematerialise the scan in chunks of this many steps: training memory then grows
+        with ``time`` only through the layer's inputs and outputs, at the cost of running
+        the forward pass twice. ``None``: store every step. Ignored by the other
+        ``impl`` s.{options_doc}
 
     Returns:
       ``(y, {state_out})``: ``y`` is ``(batch, time, num_directions * hidden_size)``
@@ -268,8 +271,10 @@ _LAYER_DOC = """
 {returns_doc}"""
 
 
-_NONLINEAR_IMPL_DOC = """``"fast"`` (the default: both directions in one XLA scan with a
-        hand-written VJP, see :mod:`recurrent.fast`), ``"pallas"`` (the persistent GPU
+_NONLINEAR_IMPL_DOC = """``"auto"`` (the default: ``"pallas"`` where
+        :func:`recurrent.kernels.layer.configure` finds it faster, which is only on a
+        lone CUDA GPU, else ``"fast"``), ``"fast"`` (both directions in one XLA scan with
+        a hand-written VJP, see :mod:`recurrent.fast`), ``"pallas"`` (the persistent GPU
         kernel of :mod:`recurrent.kernels` for the plain LSTM and the GRU; in interpret
         mode, slowly, off GPU; ``ValueError`` where the sizes do not fit), ``"reference"``
         (one :func:`recurrent.unroll.unroll` per layer and direction, differentiated by
@@ -300,9 +305,9 @@ _OPTIONS_DOC = """
       return_activations: also return every gate and state at every step.
 
       A positive zoneout, a positive dropout in training, or ``return_activations`` runs
-      the scan of ``impl="reference"``, also when ``impl="fast"`` (the default) is asked
-      for; ``"pallas"`` and the DEER impls refuse them. Otherwise ``impl`` runs as without
-      them. Layer ``l``, direction ``d`` draws its masks by
+      the scan of ``impl="reference"``, also when ``impl="auto"`` (the default) or
+      ``"fast"`` is asked for; ``"pallas"`` and the DEER impls refuse them. Otherwise
+      ``impl`` runs as without them. Layer ``l``, direction ``d`` draws its masks by
       :func:`recurrent.regularize.draw_masks` from ``fold_in(split(key)[1], l *
       num_directions + d)``; ``dropout`` then uses ``split(key)[0]``. A learnable initial
       state: see ``initial_state``."""
@@ -379,7 +384,7 @@ def init_rnn(key, input_size: int, hidden_size: int, num_layers: int = 1,
            "hidden_size)``", "(h_n, c_n)", "``h_n`` and ``c_n`` are each",
            activations="``i, f, g, o, c, h``")
 def lstm(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, key=None,
-         batch_first: bool = True, *, dtype=None, unroll: int | None = None, impl: str = "fast",
+         batch_first: bool = True, *, dtype=None, unroll: int | None = None, impl: str = "auto",
          remat_chunk: int | None = None,
          input_dropout: float = 0.0, recurrent_dropout: float = 0.0,
          hidden_zoneout: float = 0.0, cell_zoneout: float = 0.0,
@@ -413,7 +418,7 @@ def lstm(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, 
 def gru(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, key=None,
         batch_first: bool = True, *, reset_after: bool = True, dtype=None,
         unroll: int | None = None,
-        impl: str = "fast", remat_chunk: int | None = None,
+        impl: str = "auto", remat_chunk: int | None = None,
         input_dropout: float = 0.0, recurrent_dropout: float = 0.0,
         hidden_zoneout: float = 0.0, deterministic: bool = False,
         return_activations: bool = False):
@@ -446,7 +451,7 @@ def gru(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, k
 @_document("rnn", *_H_STATE, activations="``h``")
 def rnn(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, key=None,
         batch_first: bool = True, *, nonlinearity: str = "tanh", dtype=None,
-        unroll: int | None = None, impl: str = "fast", remat_chunk: int | None = None,
+        unroll: int | None = None, impl: str = "auto", remat_chunk: int | None = None,
         input_dropout: float = 0.0, recurrent_dropout: float = 0.0,
         hidden_zoneout: float = 0.0, deterministic: bool = False,
         return_activations: bool = False):

@@ -5,6 +5,8 @@ splits into two batch tiles, and both directions run at once; so every block rea
 others' ``h`` as it does on the GPU.
 """
 
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,8 +39,9 @@ def _close(got, want, rtol):
 def test_kernel_equals_reference_values_and_gradients(kind):
     params, x, lengths, state = _case(kind)
     run = recurrent.lstm if kind == "lstm" else recurrent.gru
-    config = kernel_layer.configure(kind, "pallas", params[0], B, None)
-    assert config.interpret and persistent.plan(kind, 2, B, H, 1 << 30).grid(2, H) == (2, 2, 2)
+    tiling = kernel_layer.configure(kind, "pallas", params[0], B, None)
+    assert tiling.interpret and tiling.plan.grid(2, H) == (2, 2, 2)
+    assert tiling.plan.resident and tiling.plan.scatter  # as on the GPU
 
     def loss(impl, p, x, s):
         y, final = run(p, x, lengths, s, impl=impl)
@@ -72,8 +75,9 @@ def test_plan_keeps_every_block_resident():
 
 def test_impl_choice_and_errors():
     params, x, _, _ = _case("lstm")
-    # the kernel runs only when asked for
-    assert kernel_layer.configure("lstm", "fast", params[0], B, None) is None
+    # off a GPU only impl="pallas" runs the kernel
+    for impl in ("fast", "auto"):
+        assert kernel_layer.configure("lstm", impl, params[0], B, None) is None
     with pytest.raises(ValueError, match="LSTM and the GRU with reset_after=True"):
         recurrent.rnn(recurrent.init_rnn(jax.random.PRNGKey(0), I, 16), x, impl="pallas")
     with pytest.raises(ValueError, match="hidden_size=20"):
@@ -85,19 +89,52 @@ def test_impl_choice_and_errors():
         recurrent.lstm(params, x, impl="cudnn")
 
 
-@pytest.mark.parametrize("kind, scatter", [("lstm", False), ("gru", True)])
-def test_kernel_variants_equal_reference(kind, scatter, monkeypatch):
-    """The weights held on chip, the gates fused into one matmul, polling by loads, loads 3
-    chunks ahead (with chunks of 16 rows: 2 forward, all loaded at once, and 8 in the
-    LSTM's gathering backward pass), and the GRU's backward pass that scatters products
-    (the shares of 2 blocks)."""
+def test_auto_picks_the_kernel_where_its_weights_stay_on_chip(monkeypatch):
+    """``impl="auto"`` on a lone CUDA GPU (faked: only the choice runs here)."""
+    device = types.SimpleNamespace(platform="gpu", compute_capability="9.0", core_count=132)
+    count = 1
+    monkeypatch.setattr(jax, "devices", lambda *a: [device])
+    monkeypatch.setattr(jax, "device_count", lambda *a: count)
+    key = jax.random.PRNGKey(0)
+
+    def auto(kind, hidden, batch=64, dirs=1, dtype=None, remat_chunk=None, **options):
+        params = (recurrent.init_lstm if kind == "lstm" else recurrent.init_gru)(
+            key, 8, hidden, bidirectional=dirs == 2, **options)
+        return kernel_layer.configure(kind, "auto", params[0], batch, dtype, remat_chunk)
+
+    chosen = auto("lstm", 512)  # an H100 holds the 128 KiB slice: the kernel
+    assert not chosen.interpret and chosen.plan.resident and chosen.plan.scatter
+    assert auto("gru", 512, dirs=2).plan.resident
+    assert auto("lstm", 1024, batch=256) is None  # 256 KiB a block: the XLA path
+    assert auto("lstm", 1024, batch=256, dtype=jnp.bfloat16).plan.resident
+    assert auto("lstm", 512, remat_chunk=8) is None  # asked for less memory
+    assert auto("lstm", 48, proj_size=16) is None  # cell options: no kernel, no error
+    assert kernel_layer.configure(None, "auto", None, 64, None) is None  # no kernel (RNN)
+    device.compute_capability = "8.6"  # 99 KiB a block: 64 KiB of weights at H 256
+    assert kernel_layer.shared_bytes(device) == 67 << 10
+    assert auto("lstm", 512) is None and auto("lstm", 256).plan.resident
+    device.compute_capability = "gfx90a"  # not CUDA
+    assert auto("lstm", 256) is None
+    device.compute_capability, count = "9.0", 2  # several devices: XLA partitions the step
+    assert auto("lstm", 256) is None
+    device.platform, count = "cpu", 1
+    assert auto("lstm", 256) is None
+
+
+@pytest.mark.parametrize("kind, overrides", [
+    ("lstm", {"resident": False, "scatter": False}), ("gru", {"scatter": False})])
+def test_kernel_fallbacks_equal_reference(kind, overrides, monkeypatch):
+    """Where the sizes rule out :func:`persistent.plan`'s first choice: weights read at
+    every step (the LSTM: chunks of 4 rows, 8 unrolled forward and 32 looped in the
+    gathering backward pass) and the backward pass that gathers every block's gate
+    gradients (the GRU: with the weights held, 24 chunks unrolled)."""
     params, x, lengths, state = _case(kind, seed=2)
     run = recurrent.lstm if kind == "lstm" else recurrent.gru
     plan = persistent.plan
     monkeypatch.setattr(persistent, "plan", lambda *a, **k: plan(
-        *a, **k, resident=True, fused=True, poll_load=True, prefetch=3,
-        scatter=scatter)._replace(kc=16))
-    assert kernel_layer.configure(kind, "pallas", params[0], B, None).plan.resident
+        *a, **k, **overrides)._replace(kc=4))
+    tiling = kernel_layer.configure(kind, "pallas", params[0], B, None).plan
+    assert (tiling.resident, tiling.scatter) == (kind == "gru", False)
 
     def loss(impl, p, x, s):
         return sum(jnp.sum(jnp.sin(f)) for f in jax.tree.leaves(run(p, x, lengths, s,
@@ -109,7 +146,7 @@ def test_kernel_variants_equal_reference(kind, scatter, monkeypatch):
     _close(grad("pallas", params, x, state), grad("reference", params, x, state), 1e-5)
 
 
-def test_fused_layout_and_variant_limits():
+def test_fused_layout_and_plan_limits():
     w_t = jnp.arange(2 * 32 * 96, dtype=jnp.float32).reshape(2, 32, 96)  # GRU, H=32
     fused = persistent.fuse(w_t, 16)
     assert fused.shape == (2, 32, 128)
@@ -118,21 +155,22 @@ def test_fused_layout_and_variant_limits():
                                       w_t[:, :, g * 32 + j * 16 + u])
     assert not fused[:, :, 48:64].any() and not fused[:, :, 112:].any()  # padded 4th gate
     # a block's weights must fit on chip: 4 * 16 * 1024 floats do not, in bfloat16 they do
-    assert not persistent.plan("lstm", 1, 256, 1024, 132, resident=True).resident
-    assert persistent.plan("lstm", 1, 256, 1024, 132, resident=True, itemsize=2).resident
-    # loads ahead and the scattered product must fit in 64 registers a thread
-    small = persistent.plan("lstm", 1, 64, 512, 132, prefetch=8, scatter=True)
-    large = persistent.plan("lstm", 1, 256, 1024, 132, prefetch=8, scatter=True)
-    assert (small.prefetch, small.scatter, large.prefetch, large.scatter) == (8, True, 0, False)
-    assert persistent.plan("lstm", 1, 64, 512, 132, warps=8).warps == 8
+    assert not persistent.plan("lstm", 1, 256, 1024, 132).resident
+    assert persistent.plan("lstm", 1, 256, 1024, 132, itemsize=2).resident
+    assert not persistent.plan("lstm", 1, 64, 512, 132, shared_bytes=64 << 10).resident
+    # the scattered product must fit in 64 registers a thread
+    assert persistent.plan("lstm", 1, 64, 512, 132).scatter
+    assert not persistent.plan("lstm", 2, 64, 512, 132).scatter  # 32 rows a block
+    assert persistent.plan("lstm", 2, 64, 512, 132, warps=8).scatter
+    assert not persistent.plan("lstm", 1, 64, 512, 132, scatter=False).scatter
 
 
-@pytest.mark.parametrize("variant", [{}, {"resident": True, "fused": True, "poll_load": True,
-                                          "prefetch": 8, "scatter": True, "warps": 8}])
-def test_kernels_lower_to_triton_for_cuda(variant):
-    """No GPU here: lowering for CUDA still runs Pallas' Triton lowering of every kernel."""
-    tiling = persistent.plan("gru", 2, 64, 512, 132, **variant)
-    assert tiling.resident == tiling.scatter == (tiling.prefetch == 8) == bool(variant)
+@pytest.mark.parametrize("overrides", [{"warps": 8}, {"resident": False}])
+def test_kernels_lower_to_triton_for_cuda(overrides):
+    """No GPU here: lowering for CUDA still runs Pallas' Triton lowering of every kernel,
+    with the weights held and the scattering backward pass, and with neither."""
+    tiling = persistent.plan("gru", 2, 64, 512, 132, **overrides)
+    assert tiling.resident == tiling.scatter == ("warps" in overrides)
     f32, time = jnp.float32, 3
     xp = jnp.zeros((time, 2, tiling.batch, 3 * 512), f32)
     state, lengths = jnp.zeros((2, tiling.batch, 512), f32), jnp.zeros((tiling.batch,), jnp.int32)

@@ -189,7 +189,7 @@ def test_layer_impl_and_params_errors():
     with pytest.raises(ValueError, match="mingru: impl must be one of 'parallel', 'reference'; "
                                          "got 'fast'"):
         recurrent.mingru(recurrent.init_mingru(KEY, I, H), xs, impl="fast")
-    with pytest.raises(ValueError, match="gru: impl must be one of 'fast', 'pallas', "
+    with pytest.raises(ValueError, match="gru: impl must be one of 'auto', 'fast', 'pallas', "
                                          "'reference', 'deer', 'quasi_deer'; got 'parallel'"):
         recurrent.gru(recurrent.init_gru(KEY, I, H), xs, impl="parallel")
     with pytest.raises(TypeError, match=r"minlstm: params\[0\]\[0\] is MinGRUParams; expected "

@@ -39,39 +39,76 @@ def _precision():
     return jax.lax.Precision.HIGHEST if highest else jax.lax.Precision.DEFAULT
 
 
-def configure(kind: str | None, impl: str, layer, batch: int, dtype) -> Config | None:
-    """The kernel configuration of one layer for ``impl="pallas"`` (interpret mode off GPU),
-    ``None`` for any other ``impl`` (the XLA path).
+# Shared memory a block may opt into, KiB, by CUDA compute capability (CUDA programming
+# guide); other devices: the least of any
+_SHARED_KIB = {"8.0": 163, "8.6": 99, "8.7": 163, "8.9": 99, "9.0": 227,
+               "10.0": 227, "10.3": 227, "12.0": 99}
+_STAGING = 32 << 10  # shared memory the kernels take beside the weights (32 KiB on an H100)
 
-    Only the plain LSTM and the GRU in torch's form (``kind``) have kernels; ``ValueError``
-    for other cells and for sizes no tiling fits. No ``impl`` picks the kernel by itself:
-    on an H100 it beat the XLA path only in training at hidden 256 (0.71-0.96x, against
-    ``unroll=1``), a margin the GPU default ``unroll=8`` (10-23% faster) may close;
-    benchmarks/results/gpu.md.
+
+def shared_bytes(device) -> int:
+    """Bytes of ``w_hh`` a block of the kernels may hold in ``device``'s shared memory."""
+    kib = _SHARED_KIB.get(str(getattr(device, "compute_capability", "")), 64)
+    return (kib << 10) - _STAGING
+
+
+def configure(kind: str | None, impl: str, layer, batch: int, dtype,
+              remat_chunk: int | None = None) -> Config | None:
+    """The kernel configuration of one layer, or ``None`` for the XLA path.
+
+    ``impl="pallas"`` always runs the kernel (in interpret mode off GPU); ``ValueError``
+    for cells other than the plain LSTM and the GRU in torch's form (``kind``) and for
+    sizes no tiling fits. ``impl="auto"`` runs it where it was faster than the XLA path on
+    an H100 (benchmarks/results/gpu.md): for those cells, in a process with one device, a
+    CUDA GPU, when a block's weights stay in shared memory and no ``remat_chunk`` is asked
+    for. Any other ``impl``: ``None``.
     """
-    if impl != "pallas":
+    if impl == "pallas":
+        if kind is None:
+            raise ValueError("impl='pallas': the kernels run the LSTM and the GRU with "
+                             "reset_after=True only")
+        p = layer[0]
+        if not _plain(kind, p):
+            options = [f for f in p._fields[4:] if getattr(p, f) is not None]
+            raise ValueError(
+                f"impl='pallas' runs only the plain {kind.upper()} with float32 or bfloat16 "
+                f"params; got {type(p).__name__} of {p.w_ih.dtype}"
+                + (f" with {', '.join(options)}" if options else ""))
+        config = _config(kind, layer, batch, dtype)
+        if config is None:
+            raise ValueError(
+                f"impl='pallas': no kernel tiling fits hidden_size={p.w_hh.shape[-1]}, "
+                f"batch={batch}, {len(layer)} direction(s) (hidden_size must be a multiple "
+                f"of {persistent.MIN_BLOCK}, and the blocks must fit the GPU at once)")
+        return config
+    device = jax.devices()[0]
+    if (impl != "auto" or kind is None or remat_chunk is not None
+            or jax.device_count() > 1 or device.platform != "gpu"
+            or str(getattr(device, "compute_capability", "")) not in _SHARED_KIB
+            or not _plain(kind, layer[0])):
         return None
-    if kind is None:
-        raise ValueError("impl='pallas': the kernels run the LSTM and the GRU with "
-                         "reset_after=True only")
-    p = layer[0]
-    plain = (type(p) is _PARAMS[kind] and p.w_ih.dtype in (jnp.float32, jnp.bfloat16)
-             and all(getattr(p, f) is None for f in p._fields[4:]))  # no cell options
-    on_gpu = jax.default_backend() == "gpu"
-    hidden = p.w_hh.shape[-1]
-    if not plain:
-        options = [f for f in p._fields[4:] if getattr(p, f) is not None]
-        raise ValueError(f"impl='pallas' runs only the plain {kind.upper()} with float32 or "
-                         f"bfloat16 params; got {type(p).__name__} of {p.w_ih.dtype}"
-                         + (f" with {', '.join(options)}" if options else ""))
-    cores = jax.devices()[0].core_count if on_gpu else 1 << 30
+    config = _config(kind, layer, batch, dtype)
+    return config if config is not None and config.plan.resident else None
+
+
+def _plain(kind, p) -> bool:
+    """Whether ``p`` is the plain cell of ``kind``, float32 or bfloat16, no cell options."""
+    return (type(p) is _PARAMS[kind] and p.w_ih.dtype in (jnp.float32, jnp.bfloat16)
+            and all(getattr(p, f) is None for f in p._fields[4:]))
+
+
+def _config(kind, layer, batch, dtype) -> Config | None:
+    """The launch configuration on this process' first device, ``None`` where no tiling
+    fits."""
+    device = jax.devices()[0]
+    on_gpu = device.platform == "gpu"
     itemsize = jnp.dtype(jnp.float32 if dtype is None else dtype).itemsize
-    tiling = persistent.plan(kind, len(layer), batch, hidden, cores, itemsize=itemsize)
+    tiling = persistent.plan(
+        kind, len(layer), batch, layer[0].w_hh.shape[-1],
+        device.core_count if on_gpu else 1 << 30, itemsize=itemsize,
+        shared_bytes=shared_bytes(device) if on_gpu else persistent.SHARED_BYTES)
     if tiling is None:
-        raise ValueError(f"impl='pallas': no kernel tiling fits hidden_size={hidden}, "
-                         f"batch={batch}, {len(layer)} direction(s) (hidden_size must be a "
-                         f"multiple of {persistent.MIN_BLOCK}, and the blocks must fit the "
-                         f"GPU at once)")
+        return None
     return Config(kind, tiling, None if dtype is None else jnp.dtype(dtype), _precision(),
                   not on_gpu)
 

@@ -8,15 +8,14 @@ and wait for each other once per step on an atomic counter: a grid-wide barrier.
 only sound while every block of the grid runs at the same time, so the grid never has more
 blocks than the GPU has multiprocessors (:func:`plan`).
 
-The backward kernel runs the same way in reverse time. Each step's gate-gradients
-``dm_t (batch, G*H)`` go to global memory, the barrier, then every block reads them back to
-form its units' ``dh_{t-1} = dm_t @ w_hh[:, units]``. The weight gradient is one matmul over
-all steps, outside the kernel.
-
-:class:`Plan` also names variants of the kernels (``w_hh`` held on chip, gates fused into
-one matmul, barriers polled by loads, loads issued ahead, a backward pass that scatters
-products rather than gathering gradients). Without a VJP to feed, the forward kernel
-writes only ``h`` (``record=False``).
+The backward kernel runs the same way in reverse time. Each block multiplies its units'
+gate gradients ``dm_t (batch, G*bh)`` by its rows of ``w_hh`` and writes that share of
+``dh_{t-1}`` for every unit; after the barrier, a block sums the shares of its own units
+(or, where the shares do not fit, it reads every block's ``dm_t`` and multiplies them by
+its columns of ``w_hh``). The weight gradient is one matmul over all steps, outside the
+kernel. Where it fits, a block's slice of ``w_hh`` is loaded once and held in shared memory
+(:class:`Plan`). Without a VJP to feed, the forward kernel writes only ``h``
+(``record=False``).
 
 Off GPU the kernels run in Pallas' interpret mode. The grid then runs one block after
 another, so a barrier would wait forever; instead a scan makes one call per time step (the
@@ -48,32 +47,24 @@ from jax.experimental.pallas import triton as plt
 GATES = {"lstm": 4, "gru": 3}
 MIN_BLOCK = 16  # Triton's smallest matmul side
 SPIN_LIMIT = 1 << 22  # a barrier waits at most this many polls, then stops waiting
-SHARED_BYTES = 160 << 10  # weights a block may hold on chip (an A100 has 164 KiB per block)
+SHARED_BYTES = 160 << 10  # weights a block may hold on chip (timed: 128 KiB, on an H100)
 
 
 class Plan(NamedTuple):
     """Static tiling of one layer: ``bh`` hidden units and ``bb`` batch rows per block,
     ``kc`` rows per matmul chunk, ``batch`` the padded batch, ``warps`` per block.
 
-    Five variants, off by default until a GPU has timed them (benchmarks/bench_gpu.py):
+    The forward kernel computes a block's gates in one matmul of ``4*bh`` columns (the
+    GRU's padded with a zero gate; :func:`fuse` lays out ``w``), then splits the result.
+    Two choices depend on the sizes (:func:`plan`; on an H100 each cut the time of the
+    pass it touches by about a third, benchmarks/results/gpu.md):
 
-    - ``resident`` loads a block's slice of ``w_hh`` once, before the time loop, rather
-      than at every step (the matmul chunks are then unrolled). Compiled for an H100, the
-      slice stays in shared memory.
-    - ``fused`` computes the forward gates of a block in one matmul of ``4*bh`` columns
-      (the GRU's padded with a zero gate), whose result is split, rather than in one
-      matmul per gate, each ``bh`` wide: with ``bh=16`` the warps of a block would
-      otherwise all compute the same narrow product. :func:`fuse` lays out ``w``.
-    - ``poll_load`` waits at a barrier by reading the counter with plain loads, and makes
-      one atomic access when it passes, rather than polling with atomics.
-    - ``prefetch`` loads the previous step's ``h`` (forward) or gate gradients (backward)
-      that many matmul chunks ahead of their use, where the chunks are unrolled. Without
-      it each chunk's load follows the shared-memory barriers of the chunk before, and
-      (compiled for an H100) ptxas hoists it only one chunk: a step waits on global memory
-      once per chunk, 8 times forward and 32 times backward at H 512.
-    - ``scatter`` (backward) has each block multiply its own gate gradients by its own
-      rows of ``w_hh``, for every unit, and write that ``(bb, H)`` share; after the barrier
-      a block sums the shares of its units. Otherwise each block reads every block's gate
+    - ``resident``: a block's slice of ``w_hh`` is loaded once, before the time loop (the
+      matmul chunks then unrolled), and stays in shared memory; otherwise it is read from
+      L2 at every step.
+    - ``scatter`` (backward): each block multiplies its own gate gradients by its own rows
+      of ``w_hh``, for every unit, and writes that ``(bb, H)`` share; after the barrier a
+      block sums the shares of its units. Otherwise each block reads every block's gate
       gradients, ``(bb, G*H)``, and multiplies them by its columns of ``w_hh``: four times
       the reads, and a product only ``bh`` wide that every warp of the block repeats.
     """
@@ -84,9 +75,6 @@ class Plan(NamedTuple):
     batch: int
     warps: int
     resident: bool = False
-    fused: bool = False
-    poll_load: bool = False
-    prefetch: int = 0
     scatter: bool = False
 
     def grid(self, num_dirs, hidden):
@@ -98,20 +86,19 @@ def _pow2_at_least(n: int) -> int:
 
 
 def plan(kind: str, num_dirs: int, batch: int, hidden: int, num_cores: int,
-         split_batch: bool = True, *, resident: bool = False, fused: bool = False,
-         poll_load: bool = False, prefetch: int = 0, scatter: bool = False,
-         itemsize: int = 4, warps: int | None = None) -> Plan | None:
+         split_batch: bool = True, *, resident: bool = True, scatter: bool = True,
+         itemsize: int = 4, shared_bytes: int = SHARED_BYTES,
+         warps: int | None = None) -> Plan | None:
     """The tiling for these sizes, or ``None`` when the kernel does not fit them.
 
     The grid ``num_dirs * (hidden / bh) * (batch / bb)`` must not exceed ``num_cores`` (the
     barrier needs every block resident), and a block's accumulators must fit in registers.
     With ``split_batch`` the batch is split over blocks while the grid still fits, so that
     more of the GPU works on each step. ``warps`` per block: 4, or 8 for large tiles,
-    unless given. The variants are as asked (see :class:`Plan`), except ``resident``
-    where a block's weights, ``itemsize`` bytes each, would take more than
-    ``SHARED_BYTES``, ``prefetch`` where the chunks loaded ahead would take more than 64
-    registers a thread (none where one chunk takes more than 16), and ``scatter`` where
-    its share of the product would take more than 64.
+    unless given. ``resident`` and ``scatter`` (see :class:`Plan`) hold where asked for
+    and where they fit: ``resident`` where a block's weights, ``itemsize`` bytes each,
+    take at most ``min(shared_bytes, SHARED_BYTES)``, ``scatter`` where its share of the
+    product takes at most 64 registers a thread.
     """
     if hidden % MIN_BLOCK:
         return None
@@ -130,12 +117,10 @@ def plan(kind: str, num_dirs: int, batch: int, hidden: int, num_cores: int,
     kc = max(MIN_BLOCK, min(64, 8192 // bb))
     while hidden % kc:
         kc //= 2
-    resident = resident and 4 * bh * hidden * itemsize <= SHARED_BYTES
+    resident = resident and 4 * bh * hidden * itemsize <= min(shared_bytes, SHARED_BYTES)
     warps = warps or (4 if bb * bh <= 1024 else 8)
-    room = 64 * 32 * warps  # 64 registers a thread, in floats per block
-    prefetch = min(prefetch, room // (bb * kc)) if 4 * bb * kc <= room else 0
-    scatter = scatter and bb * hidden <= room  # its (bb, H) share of dm @ w_hh
-    return Plan(bh, bb, kc, padded, warps, resident, fused, poll_load, prefetch, scatter)
+    scatter = scatter and bb * hidden <= 64 * 32 * warps  # (bb, H) in 64 registers a thread
+    return Plan(bh, bb, kc, padded, warps, resident, scatter)
 
 
 class _Sync:
@@ -143,8 +128,8 @@ class _Sync:
     ``ref``): an arrival counter in ``ref[d, 0]`` that grows by ``nblk`` per step, and in
     ``ref[d, 1]`` the number of barriers that gave up waiting."""
 
-    def __init__(self, ref, d, nblk, interpret, poll_load):
-        self.ref, self.nblk, self.interpret, self.poll_load = ref, nblk, interpret, poll_load
+    def __init__(self, ref, d, nblk, interpret):
+        self.ref, self.nblk, self.interpret = ref, nblk, interpret
         self.d = d * pl.num_programs(2) + pl.program_id(2)  # a counter per batch tile
         # traced rather than literal: interpret mode cannot discharge constants in a loop
         self.zero = d * 0
@@ -161,9 +146,6 @@ class _Sync:
 
         def poll(state):
             _, spins = state
-            if self.poll_load:
-                count = _load(self.ref.at[pl.ds(self.d, 1), pl.ds(0, 1)], self.interpret)
-                return count[0, 0], spins + 1
             return plt.atomic_add(self.ref, (self.d, self.zero), self.zero), spins + 1
 
         def waiting(state):
@@ -171,8 +153,6 @@ class _Sync:
             return (count < target) & (spins < SPIN_LIMIT) & alive
 
         count, _ = jax.lax.while_loop(waiting, poll, (arrived, self.zero))
-        if self.poll_load:  # an atomic read orders the loads after the barrier
-            count = plt.atomic_add(self.ref, (self.d, self.zero), self.zero)
         return alive & (count >= target)
 
     def report(self, alive):
@@ -193,20 +173,13 @@ def _dot(a, b, dtype, precision):
     return jnp.dot(a, b, precision=precision, preferred_element_type=jnp.float32)
 
 
-def _accumulate(n, load, fn, init, plan_):
+def _accumulate(n, load, fn, init, resident):
     """``fn(k, acc, load(k))`` for ``k < n``: a loop when long (unless the weights are held
-    in unrolled chunks, ``plan_.resident``), otherwise unrolled in Python, each
-    ``load(k + plan_.prefetch)`` placed before the use of ``load(k)``. In program order,
-    every chunk's load then precedes the shared-memory barriers of the chunks before it
-    (the compiler does not move a load across them), so that ``prefetch`` waits on global
-    memory overlap."""
-    if n > 16 and not plan_.resident:
+    in unrolled chunks, ``resident``), otherwise unrolled in Python."""
+    if n > 16 and not resident:
         return jax.lax.fori_loop(0, n, lambda k, acc: fn(k, acc, load(k)), init)
-    loaded = [load(k) for k in range(min(plan_.prefetch, n))]
     for k in range(n):
-        if k + plan_.prefetch < n:
-            loaded.append(load(k + plan_.prefetch))
-        init = fn(k, init, loaded[k])
+        init = fn(k, init, load(k))
     return init
 
 
@@ -234,7 +207,7 @@ def _forward_kernel(span_ref, len_ref, xp_ref, w_ref, bhn_ref, hin_ref, cin_ref,
     hbuf_ref, cbuf_ref, *acts_ref, sync_ref = outs
     G, H, bh, kc = GATES[kind], hidden, plan_.bh, plan_.kc
     d, j = pl.program_id(0), pl.program_id(1)
-    sync = _Sync(sync_ref, d, pl.num_programs(1), interpret, plan_.poll_load)
+    sync = _Sync(sync_ref, d, pl.num_programs(1), interpret)
     units = pl.ds(j * bh, bh)
     rb = pl.ds(pl.program_id(2) * plan_.bb, plan_.bb)  # this block's batch rows
     lengths = len_ref[rb]  # (bb,)
@@ -248,12 +221,9 @@ def _forward_kernel(span_ref, len_ref, xp_ref, w_ref, bhn_ref, hin_ref, cin_ref,
     def inputs(t):  # step t's projected inputs, G x (bb, bh)
         return tuple(xp_ref[jnp.minimum(t, last), d, rb, gate_cols(g)] for g in range(G))
 
-    if plan_.fused:  # one matmul for every gate: this block's 4*bh columns of w (fused)
-        parts, cols = 1, lambda _: pl.ds(j * 4 * bh, 4 * bh)
-    else:
-        parts, cols = G, gate_cols
-    weight = _weights(lambda k, g: w_ref[d, _rows(k, kc), cols(g)], H // kc, parts,
-                      plan_.resident, dtype)
+    # one matmul for every gate: this block's 4*bh columns of w (laid out by fuse)
+    weight = _weights(lambda k, _: w_ref[d, _rows(k, kc), pl.ds(j * 4 * bh, 4 * bh)],
+                      H // kc, 1, plan_.resident, dtype)
 
     def step(t, state):
         c, h_old, x, alive = state  # own units' carry and this step's inputs
@@ -261,14 +231,12 @@ def _forward_kernel(span_ref, len_ref, xp_ref, w_ref, bhn_ref, hin_ref, cin_ref,
         def load(k):  # (bb, kc)
             return _load(hbuf_ref.at[t, d, rb, _rows(k, kc)], interpret)
 
-        def chunk(k, accs, h_k):
-            return tuple(acc + _dot(h_k, weight(k, g), dtype, precision)
-                         for g, acc in enumerate(accs))
+        def chunk(k, acc, h_k):
+            return acc + _dot(h_k, weight(k, 0), dtype, precision)
 
-        zeros = jnp.zeros((plan_.bb, bh * (4 if plan_.fused else 1)), jnp.float32)
-        rec = _accumulate(H // kc, load, chunk, (zeros,) * parts, plan_)
-        if plan_.fused:
-            rec = jnp.split(rec[0], 4, axis=1)[:G]  # G x (bb, bh)
+        rec = _accumulate(H // kc, load, chunk, jnp.zeros((plan_.bb, 4 * bh), jnp.float32),
+                          plan_.resident)
+        rec = jnp.split(rec, 4, axis=1)[:G]  # G x (bb, bh)
         valid = (t < lengths)[:, None]  # (bb, 1)
         if kind == "lstm":
             i, f, o = (jax.nn.sigmoid(x[g] + rec[g]) for g in (0, 1, 3))
@@ -309,7 +277,7 @@ def _backward_kernel(span_ref, len_ref, w_ref, acts_ref, hbuf_ref, cbuf_ref, dh_
     del min_ref, sin_ref, dpass_in_ref, dc_in_ref, pin_ref  # aliased to outputs
     G, H, bh, kc = GATES[kind], hidden, plan_.bh, plan_.kc
     d, j = pl.program_id(0), pl.program_id(1)
-    sync = _Sync(sync_ref, d, pl.num_programs(1), interpret, plan_.poll_load)
+    sync = _Sync(sync_ref, d, pl.num_programs(1), interpret)
     units = pl.ds(j * bh, bh)
     rb = pl.ds(pl.program_id(2) * plan_.bb, plan_.bb)
     lengths = len_ref[rb]
@@ -345,7 +313,7 @@ def _backward_kernel(span_ref, len_ref, w_ref, acts_ref, hbuf_ref, cbuf_ref, dh_
                 return acc + _dot(m_k, weight(k, 0), dtype, precision)
 
             rec = _accumulate(G * H // kc, load, chunk,
-                              jnp.zeros((plan_.bb, bh), jnp.float32), plan_)
+                              jnp.zeros((plan_.bb, bh), jnp.float32), plan_.resident)
         dh_t, *a, own = now[0], *now[1:5], now[5:]
         dh = dh_t + d_pass + rec  # (bb, bh)
         valid = (t < lengths)[:, None]
@@ -419,7 +387,7 @@ def _launch(kernel, grid, outs, aliases, plan_, interpret, time, carried, stitch
 
 
 def fuse(w_t, bh):
-    """``w_t (D, H, G*H)``, gate-major columns, laid out for ``Plan.fused``: block ``j``'s
+    """``w_t (D, H, G*H)``, gate-major columns, laid out for the forward kernel: block ``j``'s
     columns ``j*4*bh:(j+1)*4*bh`` hold its units of each gate, gate by gate; a fourth gate
     of zeros pads the GRU's three. Returns ``(D, H, 4*H)``."""
     num_dirs, hidden, cols = w_t.shape
@@ -437,8 +405,7 @@ def forward(kind, plan_, lengths, xp, w_t, b_hn, h0, c0, *, dtype, precision, in
     first and last states."""
     time, num_dirs, batch, _ = xp.shape
     hidden = h0.shape[-1]
-    if plan_.fused:
-        w_t = fuse(w_t, plan_.bh)
+    w_t = fuse(w_t, plan_.bh)
     f32 = jax.ShapeDtypeStruct
     hbuf = jnp.zeros((time + 1, num_dirs, batch, hidden), jnp.float32).at[0].set(h0)
     cbuf = jnp.zeros_like(hbuf).at[0].set(c0)
