@@ -4,8 +4,8 @@
     python benchmarks/kernel_resources.py [--out PATH]
 
 Each kernel variant that ``bench_gpu.py`` tunes (``TUNING``: the tilings
-:func:`recurrent.kernels.persistent.plan` picks, with the variants of ``Plan`` where they
-fit) is lowered by Pallas for CUDA, compiled by Triton for an H100 (sm_90a) and
+:func:`recurrent.kernels.persistent.plan` picks, and with its choices turned off) is
+lowered by Pallas for CUDA, compiled by Triton for an H100 (sm_90a) and
 assembled by ptxas. The table gives per block: registers per thread, bytes spilled to
 local memory, shared memory, and how many bytes each thread loads from global memory in
 the time loop (one step; a loop nested in it, such as a barrier's polling, counts once)
