@@ -46,11 +46,11 @@ CONFIGS = [(64, 256, 256, 512, 1, False), (32, 1024, 128, 256, 1, False),
            (256, 256, 1024, 1024, 1, False), (64, 256, 256, 512, 2, True)]
 QUICK_CONFIGS = [(16, 32, 16, 64, 1, False), (16, 32, 16, 64, 2, True)]
 CHECKS = [(40, 17, 24, 256, 1, True), (5, 33, 12, 64, 2, True), (64, 40, 32, 512, 1, False)]
-# persistent.plan's choices turned off, as where the sizes rule them out
+# persistent.plan's choices turned off, as where the sizes rule them out (no weights on
+# chip: no scattering backward pass either)
 FALLBACK = {"resident": False, "scatter": False}
-TUNING = {"default": {}, "weights streamed": {"resident": False},
-          "gathering backward": {"scatter": False}, "both (FALLBACK)": FALLBACK,
-          "8 warps": {"warps": 8}}
+TUNING = {"default": {}, "gathering backward": {"scatter": False},
+          "weights streamed (FALLBACK)": FALLBACK, "8 warps": {"warps": 8}}
 LAYERS = {"lstm": (recurrent.init_lstm, recurrent.lstm),
           "gru": (recurrent.init_gru, recurrent.gru)}
 

@@ -163,6 +163,7 @@ def test_fused_layout_and_plan_limits():
     assert not persistent.plan("lstm", 2, 64, 512, 132).scatter  # 32 rows a block
     assert persistent.plan("lstm", 2, 64, 512, 132, warps=8).scatter
     assert not persistent.plan("lstm", 1, 64, 512, 132, scatter=False).scatter
+    assert not persistent.plan("lstm", 1, 64, 512, 132, resident=False).scatter
 
 
 @pytest.mark.parametrize("overrides", [{"warps": 8}, {"resident": False}])

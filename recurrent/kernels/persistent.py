@@ -97,8 +97,8 @@ def plan(kind: str, num_dirs: int, batch: int, hidden: int, num_cores: int,
     more of the GPU works on each step. ``warps`` per block: 4, or 8 for large tiles,
     unless given. ``resident`` and ``scatter`` (see :class:`Plan`) hold where asked for
     and where they fit: ``resident`` where a block's weights, ``itemsize`` bytes each,
-    take at most ``min(shared_bytes, SHARED_BYTES)``, ``scatter`` where its share of the
-    product takes at most 64 registers a thread.
+    take at most ``min(shared_bytes, SHARED_BYTES)``, ``scatter`` where they are
+    resident and its share of the product takes at most 64 registers a thread.
     """
     if hidden % MIN_BLOCK:
         return None
@@ -119,7 +119,8 @@ def plan(kind: str, num_dirs: int, batch: int, hidden: int, num_cores: int,
         kc //= 2
     resident = resident and 4 * bh * hidden * itemsize <= min(shared_bytes, SHARED_BYTES)
     warps = warps or (4 if bb * bh <= 1024 else 8)
-    scatter = scatter and bb * hidden <= 64 * 32 * warps  # (bb, H) in 64 registers a thread
+    # (bb, H) in 64 registers a thread, the rows of w on chip (streamed, they spill: 152 B)
+    scatter = scatter and resident and bb * hidden <= 64 * 32 * warps
     return Plan(bh, bb, kc, padded, warps, resident, scatter)
 
 
