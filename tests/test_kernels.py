@@ -54,6 +54,41 @@ def test_kernel_equals_reference_values_and_gradients(kind):
     _close(grad("pallas", params, x, state), grad("reference", params, x, state), 1e-5)
 
 
+def _grids(jaxpr):
+    """The grid of every ``pallas_call`` in ``jaxpr``, nested ones included."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "pallas_call":
+            found.append(eqn.params["grid_mapping"].grid)
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else [value]:
+                if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                    found += _grids(sub.jaxpr)
+                elif isinstance(sub, jax.extend.core.Jaxpr):
+                    found += _grids(sub)
+    return found
+
+
+def test_vmap_launches_the_kernel_per_element():
+    """Pallas batches a launch by a grid dimension: on the GPU the grid barrier would then
+    wait on blocks that cannot all be resident. Each element gets its own launch instead."""
+    params, x, lengths, state = _case("lstm", seed=3)
+    xs = jnp.stack([x, -x, 2 * x])  # (3, B, T, I)
+
+    def run(impl, p, x):
+        return recurrent.lstm(p, x, lengths, state, impl=impl)[0]
+
+    def loss(impl, p, xs):
+        return jnp.sum(jnp.sin(jax.vmap(lambda x: run(impl, p, x))(xs)))
+
+    _close(jax.vmap(lambda x: run("pallas", params, x))(xs),
+           jax.vmap(lambda x: run("reference", params, x))(xs), 1e-5)
+    grad = jax.jit(jax.grad(loss, argnums=1), static_argnums=0)
+    _close(grad("pallas", params, xs), grad("reference", params, xs), 1e-5)
+    jaxpr = jax.make_jaxpr(lambda p, xs: grad("pallas", p, xs))(params, xs).jaxpr
+    assert _grids(jaxpr) == [(2, 2, 2)] * 2  # forward and backward, as unbatched
+
+
 def test_kernel_bfloat16_matmuls():
     params, x, lengths, state = _case("gru", seed=1)
     got = recurrent.gru(params, x, lengths, state, impl="pallas", dtype=jnp.bfloat16)

@@ -124,10 +124,18 @@ def _forward(config, xp, w_hh, b_hn, h0, c0, lengths, record=True):
     """The recurrence, and the residuals of its VJP; ``record=False`` (no VJP) skips
     writing the gates and the cell states of every step."""
     w_t = jnp.swapaxes(_cast(w_hh, config), 1, 2)  # (D, G*H, H) -> (D, H, G*H)
-    hbuf, cbuf, acts, _ = persistent.forward(
-        config.kind, config.plan, lengths, xp, w_t, b_hn, h0, c0, dtype=config.dtype,
-        precision=config.precision, interpret=config.interpret, record=record)
+    hbuf, cbuf, acts, _ = _launches(functools.partial(
+        persistent.forward, config.kind, config.plan, dtype=config.dtype,
+        precision=config.precision, interpret=config.interpret, record=record),
+        lengths, xp, w_t, b_hn, h0, c0)
     return (hbuf[1:], cbuf[-1]), (w_hh, acts, hbuf, cbuf, lengths)
+
+
+def _launches(kernel, *args):
+    """``kernel(*args)``; under ``vmap``, one launch per element (``lax.map``). Pallas would
+    batch a launch by adding a grid dimension, and then its blocks would not all be
+    resident at once, as the grid barrier needs."""
+    return jax.custom_batching.sequential_vmap(kernel)(*args)
 
 
 def _cast(w, config):
@@ -137,9 +145,10 @@ def _cast(w, config):
 def _backward(config, residuals, cotangents):
     w_hh, acts, hbuf, cbuf, lengths = residuals
     d_hs, d_cn = cotangents
-    dm, dxn, d_pass, dc0, _ = persistent.backward(
-        config.kind, config.plan, lengths, _cast(w_hh, config), acts, hbuf, cbuf, d_hs, d_cn,
-        dtype=config.dtype, precision=config.precision, interpret=config.interpret)
+    dm, dxn, d_pass, dc0, _ = _launches(functools.partial(
+        persistent.backward, config.kind, config.plan, dtype=config.dtype,
+        precision=config.precision, interpret=config.interpret),
+        lengths, _cast(w_hh, config), acts, hbuf, cbuf, d_hs, d_cn)
     hidden = hbuf.shape[-1]
     precision = jax.lax.Precision.HIGHEST if config.precision == jax.lax.Precision.HIGHEST \
         else None
