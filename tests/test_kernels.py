@@ -89,6 +89,27 @@ def test_vmap_launches_the_kernel_per_element():
     assert _grids(jaxpr) == [(2, 2, 2)] * 2  # forward and backward, as unbatched
 
 
+def test_a_timed_out_barrier_makes_the_results_nan(monkeypatch):
+    """The kernels count the grid barriers that gave up waiting; results computed past one
+    are wrong, so they come out NaN rather than silently."""
+    params, x, lengths, state = _case("gru", seed=4)
+
+    def timing_out(launch):
+        return lambda *a, **k: (*launch(*a, **k)[:-1], launch(*a, **k)[-1].at[:, 1].set(1))
+
+    def grads(p):
+        return jax.grad(lambda p: jnp.sum(recurrent.gru(p, x, lengths, state,
+                                                         impl="pallas")[0]))(p)[0][0]
+
+    assert np.isfinite(grads(params).w_hh).all()
+    monkeypatch.setattr(persistent, "backward", timing_out(persistent.backward))
+    assert np.isnan(grads(params).w_hh).all()
+    monkeypatch.setattr(persistent, "forward", timing_out(persistent.forward))
+    y, h_n = recurrent.gru(params, x, lengths, state, impl="pallas")
+    valid = jnp.arange(T)[None, :] < lengths[:, None]  # (B, T): steps past are zero
+    assert np.isnan(h_n).all() and np.isnan(y[valid]).all()
+
+
 def test_kernel_bfloat16_matmuls():
     params, x, lengths, state = _case("gru", seed=1)
     got = recurrent.gru(params, x, lengths, state, impl="pallas", dtype=jnp.bfloat16)

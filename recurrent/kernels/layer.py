@@ -116,7 +116,7 @@ def _config(kind, layer, batch, dtype) -> Config | None:
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _recurrence(config: Config, xp, w_hh, b_hn, h0, c0, lengths):
     """``(hs (T, D, B, H), c_n (D, B, H))``: the state after every step, and the LSTM's last
-    cell state (zeros for the GRU)."""
+    cell state (zeros for the GRU); NaN if a grid barrier timed out."""
     return _forward(config, xp, w_hh, b_hn, h0, c0, lengths, record=False)[0]
 
 
@@ -124,11 +124,19 @@ def _forward(config, xp, w_hh, b_hn, h0, c0, lengths, record=True):
     """The recurrence, and the residuals of its VJP; ``record=False`` (no VJP) skips
     writing the gates and the cell states of every step."""
     w_t = jnp.swapaxes(_cast(w_hh, config), 1, 2)  # (D, G*H, H) -> (D, H, G*H)
-    hbuf, cbuf, acts, _ = _launches(functools.partial(
+    hbuf, cbuf, acts, sync = _launches(functools.partial(
         persistent.forward, config.kind, config.plan, dtype=config.dtype,
         precision=config.precision, interpret=config.interpret, record=record),
         lengths, xp, w_t, b_hn, h0, c0)
-    return (hbuf[1:], cbuf[-1]), (w_hh, acts, hbuf, cbuf, lengths)
+    return _poisoned(sync, hbuf[1:], cbuf[-1]), (w_hh, acts, hbuf, cbuf, lengths)
+
+
+def _poisoned(sync, *arrays):
+    """``arrays``, or NaN everywhere if a grid barrier of the launch gave up waiting
+    (``sync[:, 1]``, see :func:`persistent.forward`): its results are then wrong, and NaN
+    says so where they are used."""
+    failed = jnp.any(sync[:, 1] > 0)
+    return tuple(jnp.where(failed, jnp.nan, a) for a in arrays)
 
 
 def _launches(kernel, *args):
@@ -145,7 +153,7 @@ def _cast(w, config):
 def _backward(config, residuals, cotangents):
     w_hh, acts, hbuf, cbuf, lengths = residuals
     d_hs, d_cn = cotangents
-    dm, dxn, d_pass, dc0, _ = _launches(functools.partial(
+    dm, dxn, d_pass, dc0, sync = _launches(functools.partial(
         persistent.backward, config.kind, config.plan, dtype=config.dtype,
         precision=config.precision, interpret=config.interpret),
         lengths, _cast(w_hh, config), acts, hbuf, cbuf, d_hs, d_cn)
@@ -154,6 +162,7 @@ def _backward(config, residuals, cotangents):
         else None
     d_w = jnp.einsum("tdbg,tdbh->dgh", dm, hbuf[:-1], precision=precision)  # one matmul
     dh0 = d_pass + jnp.einsum("dbg,dgh->dbh", dm[0], w_hh, precision=precision)
+    d_w, dh0, dc0 = _poisoned(sync, d_w, dh0, dc0)  # the small ones: the step goes NaN
     if config.kind == "gru":
         d_xp = jnp.concatenate([dm[..., :2 * hidden], dxn], axis=-1)
         d_bhn = jnp.sum(dm[..., 2 * hidden:], axis=(0, 2))  # (D, H)
