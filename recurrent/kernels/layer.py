@@ -46,10 +46,14 @@ _SHARED_KIB = {"8.0": 163, "8.6": 99, "8.7": 163, "8.9": 99, "9.0": 227,
 _STAGING = 32 << 10  # shared memory the kernels take beside the weights (32 KiB on an H100)
 
 
+def _capability(device) -> str:
+    """``device``'s CUDA compute capability, e.g. ``"9.0"``; ``""`` for other devices."""
+    return str(getattr(device, "compute_capability", ""))
+
+
 def shared_bytes(device) -> int:
     """Bytes of ``w_hh`` a block of the kernels may hold in ``device``'s shared memory."""
-    kib = _SHARED_KIB.get(str(getattr(device, "compute_capability", "")), 64)
-    return (kib << 10) - _STAGING
+    return (_SHARED_KIB.get(_capability(device), 64) << 10) - _STAGING
 
 
 def configure(kind: str | None, impl: str, layer, batch: int, dtype,
@@ -84,7 +88,7 @@ def configure(kind: str | None, impl: str, layer, batch: int, dtype,
     device = jax.devices()[0]
     if (impl != "auto" or kind is None or remat_chunk is not None
             or jax.device_count() > 1 or device.platform != "gpu"
-            or str(getattr(device, "compute_capability", "")) not in _SHARED_KIB
+            or _capability(device) not in _SHARED_KIB
             or not _plain(kind, layer[0])):
         return None
     config = _config(kind, layer, batch, dtype)
