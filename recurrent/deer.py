@@ -124,6 +124,44 @@ def _previous(states, s0):
     return jnp.concatenate([s0[None], states[:-1]], axis=0)
 
 
+def _iterate(update, guess, tol, max_iters, damping):
+    """``x <- x + (1 - damping) * (update(x) - x)`` from ``guess`` until no entry moves more
+    than ``tol`` or ``max_iters`` iterations: ``(x, (iterations, error))``."""
+    def body(state):
+        k, old, _ = state
+        new = old + (1 - damping) * (update(old) - old)
+        return k + 1, new, jnp.max(jnp.abs(new - old))
+
+    def unfinished(state):
+        k, _, err = state
+        return (k < max_iters) & (err > tol)
+
+    k, out, err = jax.lax.while_loop(unfinished, body,
+                                     (0, guess, jnp.array(jnp.inf, guess.dtype)))
+    return out, (k, err)
+
+
+def _following(a):
+    """``a_{t+1}`` at every ``t`` of ``a (T, ...)``, zero at ``T - 1``."""
+    return jnp.concatenate([a[1:], jnp.zeros_like(a[:1])], axis=0)
+
+
+def _diagonal_adjoint(jac_t, d, g, tol, max_iters, damping):
+    """The adjoint ``lambda_t = g_t + J_{t+1}^T lambda_{t+1}`` by quasi-Newton iterations:
+    ``jac_t(lam) -> (T, B, S)`` is ``J_t^T lam_t`` at every ``t`` (a VJP), ``d (T, B, S)``
+    the Jacobians' diagonals, ``g (T, B, S)`` the states' cotangents. Each iteration solves
+    ``lambda_t = g_t + D_{t+1} lambda_{t+1} + (J_{t+1}^T - D_{t+1}) lambda^k_{t+1}`` by a
+    reverse associative scan: ``(lambda, (iterations, error))``."""
+    d_next = _following(d)  # D_{t+1}
+
+    def update(lam):
+        bias = g + _following(jac_t(lam)) - d_next * _following(lam)
+        return jax.lax.associative_scan(_diag_combine, (d_next, bias), reverse=True,
+                                        axis=0)[1]
+
+    return _iterate(update, g, tol, max_iters, damping)
+
+
 def _make_solver(step_flat, diagonal_fn, tol, max_iters, damping):
     """The Newton solve ``(params, xp, valid, s0) -> (states, (iterations, error))`` with an
     implicit-function VJP.
@@ -136,22 +174,6 @@ def _make_solver(step_flat, diagonal_fn, tol, max_iters, damping):
     jac_full = jax.vmap(jax.vmap(jax.jacfwd(step_flat, argnums=1), (None, 0, 0, 0)),
                         (None, 0, 0, 0))  # (T, B, S, S)
     diagonal = diagonal_fn is not None
-
-    def iterate_until(update, guess, dtype):
-        """``update`` from ``guess`` until no entry moves more than ``tol`` (or the cap)."""
-        def body(state):
-            k, old, _ = state
-            new = update(old)
-            new = old + (1 - damping) * (new - old)
-            return k + 1, new, jnp.max(jnp.abs(new - old))
-
-        def unfinished(state):
-            k, _, err = state
-            return (k < max_iters) & (err > tol)
-
-        k, out, err = jax.lax.while_loop(unfinished, body,
-                                         (0, guess, jnp.array(jnp.inf, dtype)))
-        return out, (k, err)
 
     def newton(params, xp, valid, s0):
         def update(states):
@@ -166,7 +188,7 @@ def _make_solver(step_flat, diagonal_fn, tol, max_iters, damping):
             return _solve_linear(jac, bias, s0, diagonal)
 
         guess = jnp.broadcast_to(s0, (xp.shape[0], *s0.shape))
-        return iterate_until(update, guess, s0.dtype)
+        return _iterate(update, guess, tol, max_iters, damping)
 
     def adjoint_full(params, prev, xp, valid, g):
         jac = jac_full(params, prev, xp, valid)  # (T, B, S, S)
@@ -179,19 +201,9 @@ def _make_solver(step_flat, diagonal_fn, tol, max_iters, damping):
 
     def adjoint_diagonal(params, prev, xp, valid, g):
         _, jac_t = jax.vjp(lambda s: over_time(params, s, xp, valid), prev)
-
-        def next_term(lam):  # J_{t+1}^T lambda_{t+1} at every t: (T, B, S), zero at T-1
-            return jnp.concatenate([jac_t(lam)[0][1:], jnp.zeros_like(lam[:1])], axis=0)
-
-        d = diagonal_fn(params, prev, xp, valid)  # (T, B, S), the diagonal of J_t^T too
-        d_next = jnp.concatenate([d[1:], jnp.zeros_like(d[:1])], axis=0)  # (T, B, S)
-
-        def update(lam):  # lambda_t = g_t + D_{t+1} lambda_{t+1} + (J^T - D) lambda^k
-            bias = g + next_term(lam) - d_next * lam
-            return jax.lax.associative_scan(_diag_combine, (d_next, bias), reverse=True,
-                                            axis=0)[1]
-
-        lam, (_, err) = iterate_until(update, g, g.dtype)
+        d = diagonal_fn(params, prev, xp, valid)  # (T, B, S)
+        lam, (_, err) = _diagonal_adjoint(lambda lam: jac_t(lam)[0], d, g, tol, max_iters,
+                                          damping)
 
         def sequential():
             def body(carry, inputs):  # carry: J_{t+1}^T lambda_{t+1}, (B, S)
