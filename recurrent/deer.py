@@ -99,8 +99,9 @@ def _diagonal_matmul(params, dtype, hidden):
 
 
 def _structured_diagonal(cell: Cell, unflatten, sizes):
-    """``diag(params, prev (..., S), xp (..., G), valid (...)) -> (..., S)``: the diagonal of
-    ``d step / d prev`` by one JVP per carry part through :func:`_diagonal_matmul`."""
+    """``diag(params, prev (..., S), xp (..., G), valid (...)) -> (new, diagonal)``, each
+    ``(..., S)``: the step's new state (``prev`` where not ``valid``) and the diagonal of
+    ``d step / d prev``, by one JVP per carry part through :func:`_diagonal_matmul`."""
     cuts = [sum(sizes[:k]) for k in range(len(sizes) + 1)]
 
     def diag(params, prev, xp, valid):
@@ -113,8 +114,10 @@ def _structured_diagonal(cell: Cell, unflatten, sizes):
         parts = []
         for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
             tangent = jnp.zeros_like(prev).at[..., lo:hi].set(1)  # ones on this carry part
-            parts.append(jax.jvp(new_state, (prev,), (tangent,))[1][..., lo:hi])
-        return jnp.where(valid[..., None], jnp.concatenate(parts, axis=-1), 1)
+            new, d_new = jax.jvp(new_state, (prev,), (tangent,))
+            parts.append(d_new[..., lo:hi])
+        keep = valid[..., None]
+        return jnp.where(keep, new, prev), jnp.where(keep, jnp.concatenate(parts, axis=-1), 1)
 
     return diag
 
@@ -167,8 +170,9 @@ def _make_solver(step_flat, diagonal_fn, tol, max_iters, damping):
     implicit-function VJP.
 
     ``step_flat(params, s (S,), xp_t (G,), valid_t ()) -> s'`` is one step of one sequence;
-    ``diagonal_fn(params, prev, xp, valid) -> (T, B, S)`` the Jacobians' diagonals, or
-    ``None`` for DEER's full Jacobians.
+    ``diagonal_fn(params, prev, xp, valid) -> (new, diagonal)``, each ``(T, B, S)``, the
+    steps and their Jacobians' diagonals (:func:`_structured_diagonal`), or ``None`` for
+    DEER's full Jacobians.
     """
     over_time = jax.vmap(jax.vmap(step_flat, (None, 0, 0, 0)), (None, 0, 0, 0))
     jac_full = jax.vmap(jax.vmap(jax.jacfwd(step_flat, argnums=1), (None, 0, 0, 0)),
@@ -179,8 +183,8 @@ def _make_solver(step_flat, diagonal_fn, tol, max_iters, damping):
         def update(states):
             prev = _previous(states, s0)
             if diagonal:
-                jac = diagonal_fn(params, prev, xp, valid)  # (T, B, S)
-                bias = over_time(params, prev, xp, valid) - jac * prev
+                new, jac = diagonal_fn(params, prev, xp, valid)  # (T, B, S) each
+                bias = new - jac * prev
             else:
                 jac = jac_full(params, prev, xp, valid)  # (T, B, S, S)
                 bias = (over_time(params, prev, xp, valid)
@@ -201,7 +205,7 @@ def _make_solver(step_flat, diagonal_fn, tol, max_iters, damping):
 
     def adjoint_diagonal(params, prev, xp, valid, g):
         _, jac_t = jax.vjp(lambda s: over_time(params, s, xp, valid), prev)
-        d = diagonal_fn(params, prev, xp, valid)  # (T, B, S)
+        _, d = diagonal_fn(params, prev, xp, valid)  # (T, B, S)
         lam, (_, err) = _diagonal_adjoint(lambda lam: jac_t(lam)[0], d, g, tol, max_iters,
                                           damping)
 

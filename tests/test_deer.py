@@ -54,7 +54,7 @@ def test_structured_diagonal_is_the_jacobians_diagonal(name):
     xp = cell.project(params, jax.random.normal(KEY, (T, B, I)))  # (T, B, G)
     valid = jnp.arange(T)[:, None] < jnp.array([T, 4])[None, :]  # (T, B)
     sizes = [leaf.shape[-1] for leaf in jax.tree.leaves(carry)]
-    got = deer._structured_diagonal(cell, unflatten, sizes)(params, s, xp, valid)
+    new, got = deer._structured_diagonal(cell, unflatten, sizes)(params, s, xp, valid)
 
     def step_flat(s, xp_t, valid_t):  # (S,) -> (S,)
         new, _ = cell.step(params, unflatten(s[None]), xp_t[None])
@@ -62,6 +62,7 @@ def test_structured_diagonal_is_the_jacobians_diagonal(name):
 
     full = jax.vmap(jax.vmap(jax.jacfwd(step_flat)))(s, xp, valid)  # (T, B, S, S)
     np.testing.assert_allclose(got, jnp.diagonal(full, axis1=-2, axis2=-1), atol=1e-5)
+    np.testing.assert_allclose(new, jax.vmap(jax.vmap(step_flat))(s, xp, valid), atol=1e-6)
 
 
 @pytest.mark.parametrize("name", MIXING)
@@ -175,7 +176,7 @@ def test_diagonal_adjoint_iteration_converges_to_the_adjoint():
     prev = deer._previous(states, s0)
     over_time = jax.vmap(jax.vmap(step_flat, (None, 0, 0, 0)), (None, 0, 0, 0))
     _, jac_t = jax.vjp(lambda s: over_time(params, s, xp, valid), prev)
-    d = deer._structured_diagonal(cell, lambda s: s, [H])(params, prev, xp, valid)
+    _, d = deer._structured_diagonal(cell, lambda s: s, [H])(params, prev, xp, valid)
     lam, (iterations, error) = deer._diagonal_adjoint(lambda v: jac_t(v)[0], d, g, 1e-6, 50,
                                                       0.0)
     assert float(error) <= 1e-6 and int(iterations) <= T
