@@ -15,12 +15,33 @@ import jax
 import jax.numpy as jnp
 
 from recurrent import checks, fast
-from recurrent.cells import Cell, gru_cell, gru_options, lstm_cell, lstm_options, rnn_cell
+from recurrent.cells import (
+    Cell,
+    GRUParams,
+    LSTMParams,
+    RNNParams,
+    gru_cell,
+    gru_options,
+    lstm_cell,
+    lstm_options,
+    rnn_cell,
+)
 from recurrent.deer import deer_unroll
-from recurrent.kernels import layer as kernel_layer
-from recurrent.minimal import mingru_cell, minlstm_cell, parallel_unroll
+from recurrent.minimal import (
+    MinGRUParams,
+    MinLSTMParams,
+    mingru_cell,
+    minlstm_cell,
+    parallel_unroll,
+)
 from recurrent.regularize import Regularization, regularized_unroll
 from recurrent.unroll import carry_dtype, unroll
+
+#: One direction of one layer: the params of its cell.
+CellParams = LSTMParams | GRUParams | RNNParams | MinGRUParams | MinLSTMParams
+#: A whole layer's params, ``((forward, backward?), ...)``: one tuple per stacked layer of
+#: one cell params per direction, as ``init_lstm`` etc. return them.
+Params = tuple[tuple[CellParams, ...], ...]
 
 # How the reference loop runs one layer and direction, by ``impl``; "auto" and "fast" run
 # whole layers through recurrent.fast (or the GPU kernel) instead, for cells with
@@ -108,8 +129,7 @@ def _run_stack(fn: str, make_cell: Callable[..., Cell], params, x, seq_lengths,
             checks.check_state(fn, "initial_state", initial_state, state_shape)
 
     if impl in ("auto", "fast", "pallas") and cell.recurrence is not None:
-        configs = [kernel_layer.configure(kernel, impl, layer, batch, dtype, remat_chunk)
-                   for layer in params]
+        configs = _kernel_configs(kernel, impl, params, batch, dtype, remat_chunk)
         out, state = _run_fast(cell, params, x, seq_lengths, initial_state, dropout, key,
                                batch_first, unroll_steps, remat_chunk, pair, num_dirs,
                                configs)
@@ -206,6 +226,18 @@ def _broadcast_state(initial_state, batch: int):
     return None if initial_state is None else widen(initial_state)
 
 
+def _kernel_configs(kernel, impl, params, batch, dtype, remat_chunk):
+    """Each layer's GPU kernel configuration by :func:`recurrent.kernels.layer.configure`
+    (``None``: the XLA path). The kernels, and Pallas, are imported only where they may
+    run: for ``impl="pallas"``, and for ``"auto"`` in a process whose devices are GPUs."""
+    if impl == "fast" or (impl == "auto" and jax.default_backend() != "gpu"):
+        return [None] * len(params)
+    from recurrent.kernels import layer as kernel_layer
+
+    return [kernel_layer.configure(kernel, impl, layer, batch, dtype, remat_chunk)
+            for layer in params]
+
+
 def _run_fast(cell, params, x, seq_lengths, initial_state, dropout, key, batch_first,
               unroll_steps, remat_chunk, pair, num_dirs, configs):
     """The stack by :func:`recurrent.fast.run_layer`, or by the GPU kernels' run_layer
@@ -224,6 +256,8 @@ def _run_fast(cell, params, x, seq_lengths, initial_state, dropout, key, batch_f
             out, carry = fast.run_layer(cell, layer, out, carry, seq_lengths,
                                         unroll=unroll_steps, remat_chunk=remat_chunk)
         else:
+            from recurrent.kernels import layer as kernel_layer
+
             out, carry = kernel_layer.run_layer(cell, configs[l], layer, out, carry,
                                                 seq_lengths)  # (T, batch, D*H)
         finals.append(carry)
