@@ -132,7 +132,7 @@ def _run_stack(fn: str, make_cell: Callable[..., Cell], params, x, seq_lengths,
         configs = _kernel_configs(kernel, impl, params, batch, dtype, remat_chunk)
         out, state = _run_fast(cell, params, x, seq_lengths, initial_state, dropout, key,
                                batch_first, unroll_steps, remat_chunk, pair, num_dirs,
-                               configs)
+                               configs, impl)
         return (out if dtype is None else out.astype(dtype)), state
 
     masks_key = None
@@ -239,10 +239,15 @@ def _kernel_configs(kernel, impl, params, batch, dtype, remat_chunk):
 
 
 def _run_fast(cell, params, x, seq_lengths, initial_state, dropout, key, batch_first,
-              unroll_steps, remat_chunk, pair, num_dirs, configs):
+              unroll_steps, remat_chunk, pair, num_dirs, configs, impl):
     """The stack by :func:`recurrent.fast.run_layer`, or by the GPU kernels' run_layer
     where a layer's ``configs`` entry is not ``None``, time-major from the first layer to
-    the last; returns ``(y, state)`` as the reference loop of :func:`_run_stack` does."""
+    the last; returns ``(y, state)`` as the reference loop of :func:`_run_stack` does.
+
+    ``impl="auto"`` chose the kernel from the process' device, but the program may be
+    lowered for another platform (``jax.export(..., platforms=("tpu",))`` on a GPU
+    machine): there the kernel runs only where it is lowered for CUDA, the XLA path
+    elsewhere (``lax.platform_dependent``, decided at lowering; XLA never sees a branch)."""
     out = jnp.swapaxes(x, 0, 1) if batch_first else x  # (batch, T, I) -> (T, batch, I)
     time, batch = out.shape[:2]
     finals = []
@@ -252,14 +257,19 @@ def _run_fast(cell, params, x, seq_lengths, initial_state, dropout, key, batch_f
         else:  # leaves (L*D, batch, H) -> (D, batch, H)
             carry = jax.tree.map(lambda s: s[l * num_dirs:(l + 1) * num_dirs].astype(
                 carry_dtype(layer[0])), tuple(initial_state) if pair else initial_state)
+        xla = partial(fast.run_layer, cell, layer, unroll=unroll_steps,
+                      remat_chunk=remat_chunk)
         if configs[l] is None:
-            out, carry = fast.run_layer(cell, layer, out, carry, seq_lengths,
-                                        unroll=unroll_steps, remat_chunk=remat_chunk)
+            out, carry = xla(out, carry, seq_lengths)  # (T, batch, D*H)
         else:
             from recurrent.kernels import layer as kernel_layer
 
-            out, carry = kernel_layer.run_layer(cell, configs[l], layer, out, carry,
-                                                seq_lengths)  # (T, batch, D*H)
+            kernel = partial(kernel_layer.run_layer, cell, configs[l], layer)
+            if impl == "auto":
+                out, carry = jax.lax.platform_dependent(out, carry, seq_lengths, cuda=kernel,
+                                                        default=xla)
+            else:
+                out, carry = kernel(out, carry, seq_lengths)
         finals.append(carry)
         if dropout > 0 and l < len(params) - 1:  # the reference's mask, drawn batch-first
             key, sub = jax.random.split(key)
