@@ -138,3 +138,8 @@ def gru_to_torch(params) -> dict:
 def rnn_to_torch(params) -> dict:
     """A ``torch.nn.RNN`` state dict from RNN params."""
     return _to_torch("rnn_to_torch", params, RNNParams, 1)
+
+__all__ = [
+    "gru_from_torch", "gru_to_torch", "lstm_from_torch", "lstm_to_torch", "rnn_from_torch",
+    "rnn_to_torch",
+]

@@ -565,3 +565,8 @@ def minlstm(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.
     return _run_stack("minlstm", lambda h: minlstm_cell(h, dtype=dtype), params, x,
                       seq_lengths, initial_state, dropout, key, batch_first, unroll, dtype,
                       impl, None, impls=_LINEAR_IMPLS)
+
+__all__ = [
+    "CellParams", "Params", "gru", "init_gru", "init_lstm", "init_mingru", "init_minlstm",
+    "init_rnn", "lstm", "mingru", "minlstm", "rnn",
+]

@@ -65,3 +65,5 @@ def shard_batch(tree, mesh: Mesh, axis_name: str = "data"):
         return jax.make_array_from_process_local_data(sharding, x)
 
     return jax.tree_util.tree_map_with_path(put, tree)
+
+__all__ = ["data_mesh", "replicate", "shard_batch"]

@@ -83,3 +83,5 @@ def truncated_bptt(layer, params, x, chunk: int, initial_state=None, seq_lengths
         state, y_last = run(state, x[:, num_full * chunk:], num_full * chunk, num_full)
         ys.append(y_last)
     return jnp.concatenate(ys, axis=1), state
+
+__all__ = ["truncated_bptt"]

@@ -107,3 +107,5 @@ def unroll(cell: Cell, params, xs: jax.Array, carry=None, *, seq_lengths=None,
     if not time_major:
         ys = jax.tree.map(lambda y: jnp.swapaxes(y, 0, 1), ys)  # (T, B, H) -> (B, T, H)
     return carry, ys
+
+__all__ = ["unroll"]

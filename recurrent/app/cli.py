@@ -138,3 +138,5 @@ def main(argv: list[str] | None = None) -> int:
     for line in train(args) if args.command == "train" else evaluate(args):
         print(line, flush=True)
     return 0
+
+__all__ = ["main"]

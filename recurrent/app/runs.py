@@ -56,3 +56,5 @@ def load_run(directory: str | os.PathLike) -> Run:
     like = jax.eval_shape(network.init, jax.random.PRNGKey(0))
     params = checkpoint.restore(directory / CHECKPOINT, like)
     return Run(argparse.Namespace(**config["args"], out=directory), network, params)
+
+__all__ = ["Run", "load_run", "save_run"]

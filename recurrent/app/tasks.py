@@ -237,3 +237,5 @@ TASKS = {
     "adding": Task(adding, "the adding problem (Hochreiter & Schmidhuber 1997)",
                    hidden=64, epochs=10, batch_size=64, lr=5e-3, length=50),
 }
+
+__all__ = ["Result", "TASKS", "Task", "generate"]

@@ -159,3 +159,8 @@ def save_figure(fig, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+__all__ = [
+    "LAYERS", "Network", "check_writable", "encode", "figure", "fit", "head", "init_network",
+    "save_figure", "save_loss_curve", "shuffled",
+]
