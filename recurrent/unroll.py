@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -38,9 +40,9 @@ def reverse_index(seq_lengths: jax.Array, time: int) -> jax.Array:
     return jnp.where(t < seq_lengths[None, :], seq_lengths[None, :] - 1 - t, t)
 
 
-def unroll(cell: Cell, params, xs: jax.Array, carry=None, *, seq_lengths=None,
-           reverse: bool = False, unroll: int = 1, time_major: bool = False,
-           return_activations: bool = False):
+def unroll(cell: Cell, params: Any, xs: jax.Array, carry: Any = None, *,
+           seq_lengths: jax.Array | None = None, reverse: bool = False, unroll: int = 1,
+           time_major: bool = False, return_activations: bool = False) -> tuple[Any, Any]:
     """Runs ``cell`` over the time axis of ``xs`` and returns ``(final_carry, ys)``.
 
     The input half of every step is computed for the whole sequence in one matmul
@@ -107,3 +109,5 @@ def unroll(cell: Cell, params, xs: jax.Array, carry=None, *, seq_lengths=None,
     if not time_major:
         ys = jax.tree.map(lambda y: jnp.swapaxes(y, 0, 1), ys)  # (T, B, H) -> (B, T, H)
     return carry, ys
+
+__all__ = ["unroll"]
