@@ -119,8 +119,7 @@ def _export(fn: str, kind_name: str, params, initial_state: bool, path, attribut
                 for s in state_names]
     initializers = [numpy_helper.from_array(np.array(0, np.int32), "zero"),
                     numpy_helper.from_array(np.array(1, np.int64), "one"),
-                    numpy_helper.from_array(np.array([0, 0, -1], np.int64), "merge_dirs"),
-                    numpy_helper.from_array(np.full(L, D, np.int64), "per_layer")]
+                    numpy_helper.from_array(np.array([0, 0, -1], np.int64), "merge_dirs")]
     nodes = [
         helper.make_node("Transpose", ["x"], ["x_tm"], perm=[1, 0, 2]),  # (time, batch, I)
         # recurrent clips lengths to [0, time]; onnxruntime refuses them outside it
@@ -130,6 +129,7 @@ def _export(fn: str, kind_name: str, params, initial_state: bool, path, attribut
         helper.make_node("Clip", ["seq_lengths", "zero", "time"], ["lengths"]),
     ]
     if initial_state:  # (L*D, batch, H) -> L x (D, batch, H)
+        initializers.append(numpy_helper.from_array(np.full(L, D, np.int64), "per_layer"))
         nodes += [helper.make_node("Split", [f"{s}_0", "per_layer"],
                                    [f"{s}_0_l{l}" for l in range(L)], axis=0)
                   for s in state_names]

@@ -177,3 +177,12 @@ def test_missing_extra_names_the_install_command(monkeypatch):
         ronnx.lstm_to_onnx(params)
     assert str(error.value) == (f'recurrent.onnx needs the onnx extra: pip install '
                                 f'"{ronnx.DISTRIBUTION}[onnx]"')
+
+
+@pytest.mark.parametrize("initial_state", [False, True])
+def test_every_initializer_is_used(onnxruntime, initial_state):
+    """No dead weights or constants in the graph (onnxruntime warns about each)."""
+    params = recurrent.init_lstm(jax.random.PRNGKey(0), I, H, 2, True, peephole=True)
+    graph = ronnx.lstm_to_onnx(params, initial_state=initial_state).graph
+    used = {name for node in graph.node for name in node.input}
+    assert {t.name for t in graph.initializer} <= used
