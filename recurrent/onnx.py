@@ -20,6 +20,7 @@ the model: both come with the ``onnx`` extra.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 import jax
@@ -98,8 +99,54 @@ def _layer_weights(kind: _Kind, layer, hidden: int) -> dict:
     return out
 
 
-def _export(fn: str, kind_name: str, params, initial_state: bool, path, attributes: dict):
-    """The model of a ``kind_name`` stack; see :func:`lstm_to_onnx`."""
+def _layer_nodes(helper, numpy_helper, kind: _Kind, l: int, layer, hidden: int,
+                 layer_in: str, state_names: tuple, initial_state: bool, attributes: dict):
+    """The nodes and initializers of layer ``l``: its ``kind.op`` node reading ``layer_in``
+    ``(time, batch, in)``, then ``out_l{l}`` ``(time, batch, D*H)`` and the final states
+    ``{s}_n_l{l}`` ``(D, batch, H)``."""
+    names, initializers = {}, []
+    for name, value in _layer_weights(kind, layer, hidden).items():
+        if value is not None:
+            names[name] = f"{name}_l{l}"
+            initializers.append(numpy_helper.from_array(value, names[name]))
+    inputs = [layer_in, names["W"], names["R"], names.get("B", ""), "lengths"]
+    if initial_state:
+        inputs += [f"{s}_0_l{l}" for s in state_names]
+    if "P" in names:  # P is the 8th input: X, W, R, B, sequence_lens, initial_h, initial_c, P
+        inputs += [""] * (7 - len(inputs)) + [names["P"]]
+    nodes = [
+        helper.make_node(kind.op, inputs, [f"Y_l{l}"] + [f"{s}_n_l{l}" for s in state_names],
+                         name=f"{kind.op}_l{l}", hidden_size=hidden,
+                         direction="bidirectional" if len(layer) == 2 else "forward",
+                         **attributes),
+        # Y (time, D, batch, H) -> (time, batch, D, H) -> (time, batch, D*H)
+        helper.make_node("Transpose", [f"Y_l{l}"], [f"Y_tbdh_l{l}"], perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", [f"Y_tbdh_l{l}", "merge_dirs"], [f"out_l{l}"])]
+    return nodes, initializers
+
+
+def _final_state_nodes(helper, numpy_helper, num_layers: int, state_names: tuple,
+                       initial_state: bool):
+    """The nodes and initializers that make the outputs ``{s}_n`` ``(L*D, batch, H)`` from
+    every layer's ``{s}_n_l{l}`` ``(D, batch, H)``; with ``initial_state``, a sequence of
+    length 0 keeps ``{s}_0``, as in recurrent (onnxruntime gives zeros)."""
+    final = "_n_last" if initial_state else "_n"
+    nodes = [helper.make_node("Concat", [f"{s}_n_l{l}" for l in range(num_layers)],
+                              [f"{s}{final}"], axis=0)
+             for s in state_names]  # L x (D, batch, H) -> (L*D, batch, H)
+    if not initial_state:
+        return nodes, []
+    nodes += [helper.make_node("Equal", ["lengths", "zero"], ["empty"]),  # (batch,)
+              helper.make_node("Unsqueeze", ["empty", "outer"], ["empty_1b1"])]
+    nodes += [helper.make_node("Where", ["empty_1b1", f"{s}_0", f"{s}_n_last"], [f"{s}_n"])
+              for s in state_names]  # (1, batch, 1) picks between (L*D, batch, H)
+    return nodes, [numpy_helper.from_array(np.array([0, 2], np.int64), "outer")]
+
+
+def _export(fn: str, kind_name: str, params, initial_state: bool, path,
+            attributes: Callable[[int], dict]):
+    """The model of a ``kind_name`` stack, whose node takes ``attributes(num_directions)``
+    besides ``hidden_size`` and ``direction``; see :func:`lstm_to_onnx`."""
     kind = _KINDS[kind_name]
     sizes = checks.check_stack(fn, params, kind.params_type, kind.gates)
     checks.check_flag(fn, "initial_state", initial_state)
@@ -136,36 +183,17 @@ def _export(fn: str, kind_name: str, params, initial_state: bool, path, attribut
 
     layer_in = "x_tm"
     for l, layer in enumerate(params):
-        weights = _layer_weights(kind, layer, H)
-        names = {}
-        for name, value in weights.items():
-            if value is not None:
-                names[name] = f"{name}_l{l}"
-                initializers.append(numpy_helper.from_array(value, names[name]))
-        node_inputs = [layer_in, names["W"], names["R"], names.get("B", ""), "lengths"]
-        if initial_state:
-            node_inputs += [f"{s}_0_l{l}" for s in state_names]
-        if "P" in names:
-            node_inputs += [""] * (7 - len(node_inputs)) + [names["P"]]
-        nodes.append(helper.make_node(
-            kind.op, node_inputs, [f"Y_l{l}"] + [f"{s}_n_l{l}" for s in state_names],
-            name=f"{kind.op}_l{l}", hidden_size=H,
-            direction="bidirectional" if D == 2 else "forward", **attributes(D)))
-        nodes += [  # Y (time, D, batch, H) -> (time, batch, D, H) -> (time, batch, D*H)
-            helper.make_node("Transpose", [f"Y_l{l}"], [f"Y_tbdh_l{l}"], perm=[0, 2, 1, 3]),
-            helper.make_node("Reshape", [f"Y_tbdh_l{l}", "merge_dirs"], [f"out_l{l}"])]
+        layer_nodes, layer_initializers = _layer_nodes(
+            helper, numpy_helper, kind, l, layer, H, layer_in, state_names, initial_state,
+            attributes(D))
+        nodes += layer_nodes
+        initializers += layer_initializers
         layer_in = f"out_l{l}"
     nodes.append(helper.make_node("Transpose", [layer_in], ["y"], perm=[1, 0, 2]))
-    final = "_n_last" if initial_state else "_n"
-    nodes += [helper.make_node("Concat", [f"{s}_n_l{l}" for l in range(L)], [f"{s}{final}"],
-                               axis=0)
-              for s in state_names]  # L x (D, batch, H) -> (L*D, batch, H)
-    if initial_state:  # onnxruntime gives zeros for a length of 0; recurrent keeps the state
-        initializers.append(numpy_helper.from_array(np.array([0, 2], np.int64), "outer"))
-        nodes += [helper.make_node("Equal", ["lengths", "zero"], ["empty"]),  # (batch,)
-                  helper.make_node("Unsqueeze", ["empty", "outer"], ["empty_1b1"])]
-        nodes += [helper.make_node("Where", ["empty_1b1", f"{s}_0", f"{s}_n_last"], [f"{s}_n"])
-                  for s in state_names]  # (1, batch, 1) picks between (L*D, batch, H)
+    final_nodes, final_initializers = _final_state_nodes(helper, numpy_helper, L, state_names,
+                                                         initial_state)
+    nodes += final_nodes
+    initializers += final_initializers
 
     graph = helper.make_graph(nodes, f"recurrent_{kind_name}", inputs, outputs, initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
@@ -200,23 +228,24 @@ _EXPORT_DOC = """
 
     Raises:
       ImportError: without the ``onnx`` package (the ``onnx`` extra).
-      TypeError, ValueError: for params that are not a stack of this kind{refused}.
+      TypeError, ValueError: for params that are not a stack of this kind.{refused}
 """
 
 
 def _document(fn: str, state_in: str, state_out: str, extra_args: str = "",
               refused: str = ""):
     def wrap(f):
-        f.__doc__ += _EXPORT_DOC.format(fn=fn, state_in=state_in, state_out=state_out,
-                                        extra_args=extra_args, refused=refused)
+        f.__doc__ = f.__doc__.rstrip() + _EXPORT_DOC.format(
+            fn=fn, state_in=state_in, state_out=state_out, extra_args=extra_args,
+            refused=refused)
         return f
 
     return wrap
 
 
 @_document("lstm", "``h_0`` and ``c_0``", "``h_n`` and ``c_n``",
-           refused=", and ``ValueError`` for params with ``proj_size`` or ``layer_norm``, "
-           "which ONNX's LSTM has no inputs for")
+           refused="\n      ValueError: for params with ``proj_size`` or ``layer_norm``, which "
+           "ONNX's\n        LSTM has no inputs for.")
 def lstm_to_onnx(params, *, initial_state: bool = False, path=None) -> onnx.ModelProto:
     """An ONNX model of :func:`recurrent.lstm` with these params: one ONNX ``LSTM`` per layer.
 
@@ -236,8 +265,8 @@ def lstm_to_onnx(params, *, initial_state: bool = False, path=None) -> onnx.Mode
            extra_args="\n      reset_after: the GRU form, as :func:`recurrent.gru`'s: ``True`` "
            "(torch's) exports\n        ``linear_before_reset=1``, ``False`` (Cho et al.'s) "
            "``linear_before_reset=0``.",
-           refused=", and ``ValueError`` for params with ``layer_norm``, which ONNX's GRU "
-           "has no inputs for")
+           refused="\n      ValueError: for params with ``layer_norm``, which ONNX's GRU has no "
+           "inputs for.")
 def gru_to_onnx(params, *, reset_after: bool = True, initial_state: bool = False,
                 path=None) -> onnx.ModelProto:
     """An ONNX model of :func:`recurrent.gru` with these params: one ONNX ``GRU`` per layer,
