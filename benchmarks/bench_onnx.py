@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from importlib.metadata import version
 from pathlib import Path
 
@@ -65,6 +66,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help="tiny shapes, to check that the script runs")
     parser.add_argument("--out", type=Path, default=RESULTS / "onnx.md")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     print(_machine())
     load_before = os.getloadavg()
@@ -85,7 +87,8 @@ def main(argv=None):
         "- load average (1, 5, 15 min) at the start: "
         f"{', '.join(f'{v:.2f}' for v in load_before)}; at the end: "
         f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}",
-        f"- command: `python benchmarks/bench_onnx.py`; median ms of {args.repeats} "
+        f"- command: `{' '.join(['python benchmarks/bench_onnx.py', *argv])}`; "
+        f"median ms of {args.repeats} "
         "interleaved repetitions after warm-up; forward only, every `seq_lengths` = T; "
         "recurrent is the jitted `recurrent.lstm`/`gru` (`impl=\"auto\"`), onnxruntime runs "
         "the model of `recurrent.onnx.lstm_to_onnx`/`gru_to_onnx` (one ONNX LSTM/GRU node "
