@@ -20,14 +20,16 @@ the model: both come with the ``onnx`` extra.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import jax
 import numpy as np
 
 from recurrent import checks
 from recurrent.cells import GRUParams, LSTMParams, RNNParams, gru_options, lstm_options
+from recurrent.layers import Params
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -232,10 +234,15 @@ _EXPORT_DOC = """
 """
 
 
+_F = TypeVar("_F", bound=Callable)
+
+
 def _document(fn: str, state_in: str, state_out: str, extra_args: str = "",
-              refused: str = ""):
-    def wrap(f):
-        f.__doc__ = f.__doc__.rstrip() + _EXPORT_DOC.format(
+              refused: str = "") -> Callable[[_F], _F]:
+    """Appends the Args, Returns and Raises all three exports share."""
+
+    def wrap(f: _F) -> _F:
+        f.__doc__ = (f.__doc__ or "").rstrip() + _EXPORT_DOC.format(
             fn=fn, state_in=state_in, state_out=state_out, extra_args=extra_args,
             refused=refused)
         return f
@@ -246,7 +253,8 @@ def _document(fn: str, state_in: str, state_out: str, extra_args: str = "",
 @_document("lstm", "``h_0`` and ``c_0``", "``h_n`` and ``c_n``",
            refused="\n      ValueError: for params with ``proj_size`` or ``layer_norm``, which "
            "ONNX's\n        LSTM has no inputs for.")
-def lstm_to_onnx(params, *, initial_state: bool = False, path=None) -> onnx.ModelProto:
+def lstm_to_onnx(params: Params, *, initial_state: bool = False,
+                 path: str | os.PathLike | None = None) -> onnx.ModelProto:
     """An ONNX model of :func:`recurrent.lstm` with these params: one ONNX ``LSTM`` per layer.
 
     The weights are reordered to ONNX's gate order (i, o, f, c from torch's i, f, g, o),
@@ -267,8 +275,8 @@ def lstm_to_onnx(params, *, initial_state: bool = False, path=None) -> onnx.Mode
            "``linear_before_reset=0``.",
            refused="\n      ValueError: for params with ``layer_norm``, which ONNX's GRU has no "
            "inputs for.")
-def gru_to_onnx(params, *, reset_after: bool = True, initial_state: bool = False,
-                path=None) -> onnx.ModelProto:
+def gru_to_onnx(params: Params, *, reset_after: bool = True, initial_state: bool = False,
+                path: str | os.PathLike | None = None) -> onnx.ModelProto:
     """An ONNX model of :func:`recurrent.gru` with these params: one ONNX ``GRU`` per layer,
     gates reordered to ONNX's z, r, h (from torch's r, z, n), ``B`` ``[b_ih, b_hh]``.
     Outputs ``y, h_n``."""
@@ -280,8 +288,8 @@ def gru_to_onnx(params, *, reset_after: bool = True, initial_state: bool = False
 @_document("rnn", "``h_0``", "``h_n``",
            extra_args="\n      nonlinearity: ``\"tanh\"`` or ``\"relu\"``, as "
            ":func:`recurrent.rnn`'s.")
-def rnn_to_onnx(params, *, nonlinearity: str = "tanh", initial_state: bool = False,
-                path=None) -> onnx.ModelProto:
+def rnn_to_onnx(params: Params, *, nonlinearity: str = "tanh", initial_state: bool = False,
+                path: str | os.PathLike | None = None) -> onnx.ModelProto:
     """An ONNX model of :func:`recurrent.rnn` with these params: one ONNX ``RNN`` per layer.
     Outputs ``y, h_n``."""
     if nonlinearity not in ("tanh", "relu"):
@@ -290,3 +298,6 @@ def rnn_to_onnx(params, *, nonlinearity: str = "tanh", initial_state: bool = Fal
     activation = nonlinearity.capitalize()  # ONNX's names: "Tanh", "Relu"
     return _export("rnn_to_onnx", "rnn", params, initial_state, path,
                    lambda d: {"activations": [activation] * d})
+
+
+__all__ = ["gru_to_onnx", "lstm_to_onnx", "rnn_to_onnx"]
