@@ -36,6 +36,11 @@ assert y.shape == (2, 5, 8) and h_n.shape == (2, 2, 4)
 module = recurrent.nnx.LSTM(3, 4, rngs=__import__("flax").nnx.Rngs(0))
 assert module(jnp.ones((2, 5, 3))).shape == (2, 5, 4)
 recurrent.checkpoint.save(pathlib.Path("ckpt").absolute(), params)
+try:  # without the onnx extra, the export names it
+    recurrent.onnx.lstm_to_onnx(params)
+    sys.exit("wheel.sh: lstm_to_onnx ran without the onnx extra")
+except ImportError as e:
+    assert str(e) == 'recurrent.onnx needs the onnx extra: pip install "jax-recurrent[onnx]"', e
 print("core wheel: recurrent", recurrent.__version__, "from", recurrent.__file__)
 PY
 set +e

@@ -1,8 +1,8 @@
 """recurrent: LSTM, GRU, RNN, minGRU and minLSTM layers for JAX with torch's semantics.
 
 The functional API loads with the package; the Flax modules (``recurrent.linen``,
-``recurrent.nnx``), checkpoints (``recurrent.checkpoint``) and the GPU kernels
-(``recurrent.kernels``) load on first use.
+``recurrent.nnx``), checkpoints (``recurrent.checkpoint``), the GPU kernels
+(``recurrent.kernels``) and the ONNX export (``recurrent.onnx``) load on first use.
 """
 
 from __future__ import annotations
@@ -42,11 +42,12 @@ if TYPE_CHECKING:
     from recurrent import kernels as kernels
     from recurrent import linen as linen
     from recurrent import nnx as nnx
+    from recurrent import onnx as onnx
 
 __version__ = "0.1.0"
 
-# Submodules that import heavy dependencies (flax, orbax, Pallas): loaded on first access.
-_LAZY = ("checkpoint", "kernels", "linen", "nnx")
+# Submodules that import heavy dependencies (flax, orbax, Pallas, onnx): loaded on first access.
+_LAZY = ("checkpoint", "kernels", "linen", "nnx", "onnx")
 
 
 def __getattr__(name: str):
@@ -63,5 +64,5 @@ __all__ = [
     "Cell", "GRUParams", "LSTMParams", "Params", "RNNParams", "cells", "checkpoint", "deer",
     "gru", "gru_cell", "init_gru", "init_lstm", "init_mingru", "init_minlstm", "init_rnn",
     "interop", "kernels", "linen", "lstm", "lstm_cell", "mingru", "minimal", "minlstm", "nnx",
-    "regularize", "rnn", "rnn_cell", "sharding", "truncated_bptt", "unroll",
+    "onnx", "regularize", "rnn", "rnn_cell", "sharding", "truncated_bptt", "unroll",
 ]

@@ -8,6 +8,7 @@ from typing import Any, assert_type
 
 import jax
 import numpy as np
+import onnx
 from flax import nnx as flax_nnx
 
 import recurrent
@@ -42,6 +43,9 @@ assert_type(LSTMParams(x, x, x, x).w_ih, jax.Array)
 
 assert_type(recurrent.interop.lstm_from_torch({}), recurrent.Params)
 assert_type(recurrent.interop.gru_to_torch(params), dict[str, Any])
+assert_type(recurrent.onnx.lstm_to_onnx(params), onnx.ModelProto)
+assert_type(recurrent.onnx.gru_to_onnx(recurrent.init_gru(key, 3, 4), path="gru.onnx"),
+            onnx.ModelProto)
 mesh = recurrent.sharding.data_mesh()
 assert_type(recurrent.sharding.shard_batch(x, mesh), jax.Array)
 assert_type(recurrent.sharding.replicate({"w": x}, mesh), dict[str, jax.Array])
