@@ -251,7 +251,9 @@ _LAYER_DOC = """
       seq_lengths: ``(batch,)`` integer valid lengths (right padding), like a packed
         sequence in torch: outputs past a length are zero, the final state is the state at
         the last valid step, and the backward direction starts at each sequence's own last
-        valid step. Clipped to ``[0, time]`` at run time. ``None``: all steps are valid.
+        valid step. Clipped to ``[0, time]`` at run time (in any integer dtype, without
+        wrapping). Padded steps are zeroed before anything reads them, so their values,
+        NaN or inf included, change no output or gradient. ``None``: all steps are valid.
       initial_state: {state_in}; zeros when ``None``. Arrays of shape ``(num_layers *
         num_directions, hidden_size)`` or ``(num_layers * num_directions, 1,
         hidden_size)`` are one state for every sequence, broadcast over the batch: pass

@@ -73,6 +73,9 @@ def unroll(cell: Cell, params, xs: jax.Array, carry=None, *, seq_lengths=None,
       position ``t`` whichever the direction.
     """
     checks.check_unroll("unroll", cell, params, xs, carry, seq_lengths, time_major)
+    checks.check_flag("unroll", "reverse", reverse)
+    checks.check_flag("unroll", "return_activations", return_activations)
+    checks.check_size("unroll", "unroll", unroll)
     return scan_unroll(cell, params, xs, carry, seq_lengths=seq_lengths, reverse=reverse,
                        unroll=unroll, time_major=time_major,
                        return_activations=return_activations)
