@@ -291,6 +291,15 @@ def test_empty_inputs_run_forwards_and_backwards_as_the_reference(name, impl, ba
 
 
 @pytest.mark.parametrize("batch, time", [(0, 3), (2, 0)])
+def test_empty_inputs_in_the_modules(batch, time):
+    x = jnp.ones((batch, time, I))
+    linen = rl.LSTM(H, bidirectional=True)
+    variables = linen.init(jax.random.key(0), jnp.ones((1, 2, I)))
+    assert jax.jit(linen.apply)(variables, x).shape == (batch, time, 2 * H)
+    assert rn.GRU(I, H, rngs=nnx.Rngs(0))(x).shape == (batch, time, H)
+
+
+@pytest.mark.parametrize("batch, time", [(0, 3), (2, 0)])
 def test_empty_inputs_in_truncated_bptt(batch, time):
     params = _params("lstm")
     y, (h, c) = recurrent.truncated_bptt(recurrent.lstm, params, jnp.ones((batch, time, I)), 2)
