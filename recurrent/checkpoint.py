@@ -127,7 +127,14 @@ def save(directory, tree, *, overwrite: bool = False) -> None:
                                   f"with overwrite=True")
     _check_leaves(tree)
     parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)  # fails at once if a parent is a regular file
+    try:  # fails at once where a parent is a regular file; orbax would wait 300 s
+        os.makedirs(parent, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as e:
+        blocker = parent
+        while not os.path.lexists(blocker):
+            blocker = os.path.dirname(blocker)
+        raise NotADirectoryError(f"save: cannot create {directory}: {blocker} is not a "
+                                 f"directory") from e
     staging = _sibling(directory, "saving")
     try:
         with ocp.StandardCheckpointer() as checkpointer:
