@@ -195,7 +195,13 @@ def _layer_norm(x, gain, shift=None):
 
 def _project(params, x, dtype, fold_b_hh, gain=None):
     """The input half of the gates for every leading index: ``(..., I) -> (..., G*H)``;
-    with ``gain``, ``x @ w_ih.T`` is layer-normalised before the biases are added."""
+    with ``gain``, ``x @ w_ih.T`` is layer-normalised before the biases are added.
+    ``ValueError`` where ``x``'s features are not ``w_ih``'s columns."""
+    w_shape, x_shape = getattr(params.w_ih, "shape", None), getattr(x, "shape", None)
+    if w_shape is None or len(w_shape) != 2 or not x_shape or x_shape[-1] != w_shape[1]:
+        raise ValueError(f"project: x of shape {x_shape} needs params.w_ih of shape "
+                         f"(G * hidden_size, {x_shape[-1] if x_shape else 'features'}); got "
+                         f"{w_shape}")
     xp = _matmul(x, params.w_ih, dtype)
     if gain is not None:
         xp = _layer_norm(xp, gain)

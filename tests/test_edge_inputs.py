@@ -330,6 +330,13 @@ def test_public_unrolls_name_the_bad_argument(unroll_fn, args, kwargs, error, me
         unroll_fn(_LSTM, *args, **kwargs)
 
 
+@pytest.mark.parametrize("cell", [recurrent.lstm_cell(H), recurrent.gru_cell(H), mingru_cell(H)])
+def test_cells_project_names_a_wrong_feature_size(cell):
+    params = cell.init(jax.random.key(0), I)
+    with pytest.raises(ValueError, match=r"project: x of shape \(2, 3, 3\) needs params.w_ih"):
+        cell.project(params, jnp.ones((2, 3, I + 1)))
+
+
 def test_truncated_bptt_names_bad_lengths():
     with pytest.raises(TypeError, match="seq_lengths must be an integer array"):
         recurrent.truncated_bptt(recurrent.lstm, _params("lstm"), jnp.ones((2, 5, I)), 2,
