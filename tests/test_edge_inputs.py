@@ -182,18 +182,20 @@ def test_nnx_dropout_without_its_rng_stream_is_a_clear_error():
 
 # ----- lengths in any integer dtype ------------------------------------------------------
 
-@pytest.mark.parametrize("dtype, impl", [(dtype, impl) for dtype in INT_DTYPES
-                                         for impl in ("fast", "reference")]
-                         + [(jnp.uint8, "quasi_deer"), (jnp.int8, "parallel")])
+@pytest.mark.parametrize("dtype, impl", [(dtype, "reference") for dtype in INT_DTYPES]
+                         + [(jnp.uint8, "fast"), (jnp.uint8, "quasi_deer"),
+                            (jnp.int8, "parallel")])
 def test_narrow_length_dtypes_do_not_wrap(dtype, impl):
-    """uint8 lengths [250, 255] at T = 300 were clipped to 300 in uint8, i.e. to 44."""
+    """uint8 lengths [250, 255] at T = 300 were clipped to 300 in uint8, i.e. to 44; at
+    T = 260 to 4 (int8 wraps from T = 128). Every impl frames the lengths alike."""
     name = "mingru" if impl == "parallel" else "gru"
     params, layer = _params(name, bidirectional=True), LAYERS[name][1]
-    x = jax.random.normal(jax.random.key(1), (2, 300, I))
+    time = 260
+    x = jax.random.normal(jax.random.key(1), (2, time, I))
     info = jnp.iinfo(dtype)
     values = np.array([min(250, info.max), info.max], np.int64)
     got = layer(params, x, jnp.asarray(values.astype(np.dtype(dtype))), impl=impl)
-    want = layer(params, x, jnp.asarray(np.minimum(values, 300), jnp.int32), impl="reference")
+    want = layer(params, x, jnp.asarray(np.minimum(values, time), jnp.int32), impl="reference")
     _close(got, want, 1e-4)
 
 
