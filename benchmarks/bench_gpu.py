@@ -1,26 +1,31 @@
-"""recurrent's GPU kernel against cuDNN (torch and jax.experimental.rnn), flax.linen and
-recurrent's XLA path, forward and forward+backward, in one process; plus the kernel's
-correctness on the GPU.
+"""recurrent against torch's cuDNN, flax.linen and recurrent's own XLA path on one GPU, in
+float32 and half precision, forward and forward+backward, in one process; plus the
+kernel's correctness on the GPU.
 
-    python benchmarks/bench_gpu.py [--repeats 20] [--quick] [--budget 420] [--out PATH]
-                                   [--configs 0,3,1,2]
+    python benchmarks/bench_gpu.py [--repeats 10] [--calls 10] [--budget 400]
+                                   [--rows 0,1,2] [--checks 3] [--out PATH]
 
 First it checks the kernel (``impl="pallas"``) against the XLA path (``impl="fast"``) at
 full float32 precision: outputs, final states and every gradient, bidirectional and
-stacked, with ``seq_lengths`` and a random initial state, in float32 and bfloat16 (it
-reports the largest relative error; the targets are 1e-5 and 1e-2), and the number of grid
-barriers that timed out (0 when sound); both as :func:`persistent.plan` tiles it and as
-its ``FALLBACK`` where the sizes rule that out (weights read at every step, gathering
-backward pass). Then, for the LSTM and the GRU at each configuration, it times
-``torch.nn.LSTM``/``GRU`` (cuDNN), ``jax.experimental.rnn.lstm`` (cuDNN, LSTM only), flax
-``RNN(OptimizedLSTMCell)`` / ``RNN(GRUCell)``, ``recurrent`` with ``impl="fast"`` (the XLA
-path, at the GPU default ``unroll=8``) and with ``impl="pallas"``, each at its library's
-default float32 precision (TF32 matmuls on this GPU for all of them), and says which of
-the two ``impl="auto"``, the default, runs. The tuning table times the XLA path's
-``unroll`` and the kernel's ``TUNING`` variants. Forward+backward is the gradient of
-``sum(y)`` with respect to the params and ``x``. Medians in ms of interleaved
-repetitions; ratios below 1 mean the kernel is faster.
-Rows stop being started once ``--budget`` seconds have passed. Everything is written to
+stacked, with ``seq_lengths`` and a random initial state, with float32, bfloat16 and
+float16 matmuls (the largest relative error; the targets are 1e-5 and 1e-2), and the
+number of grid barriers that timed out (0 when sound); both as :func:`persistent.plan`
+tiles it and as its ``FALLBACK`` where the sizes rule that out (weights read at every
+step, gathering backward pass).
+
+Then, for each row of ``ROWS`` (in order of importance, until ``--budget`` seconds have
+passed), it times ``torch.nn.LSTM``/``GRU`` (cuDNN) in float32 and float16, flax
+``RNN(OptimizedLSTMCell)`` / ``RNN(GRUCell)``, ``recurrent``'s XLA path
+(``impl="fast"``) and ``recurrent`` as a user gets it (``impl="auto"``, the default: the
+kernel or the XLA path, as the "auto runs" column says) in float32, bfloat16 and float16
+(``dtype=``: half-precision matmul operands, float32 accumulation and state). float32 is
+each library's default precision (TF32 matmuls on this GPU for all of them).
+Forward+backward is the gradient of ``sum(y)`` with respect to the params and ``x``.
+
+Two timings, both without pauses (an idle GPU lowers its clocks): ``pipelined``,
+``--calls`` calls issued back to back and one sync, divided by the number of calls (what
+a training loop sees), with µs per time step in brackets; and ``latency``, one synced
+call. Medians in ms of ``--repeats`` interleaved repetitions. Everything is written to
 ``benchmarks/results/gpu.md`` (or ``--out``) with the card and versions.
 """
 
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 import time
 from pathlib import Path
 
@@ -39,18 +45,32 @@ import recurrent
 from recurrent.kernels import layer as kernel_layer
 from recurrent.kernels import persistent
 
-from common import RESULTS, FlaxStack, jax_fns, machine, measure
+from common import RESULTS, FlaxStack, jax_fns, machine, measure_gpu
 
-# (batch, time, input, hidden, layers, bidirectional): the table of issue 6
-CONFIGS = [(64, 256, 256, 512, 1, False), (32, 1024, 128, 256, 1, False),
-           (256, 256, 1024, 1024, 1, False), (64, 256, 256, 512, 2, True)]
-QUICK_CONFIGS = [(16, 32, 16, 64, 1, False), (16, 32, 16, 64, 2, True)]
+# (cell, batch, time, input, hidden, layers, bidirectional), most important first: the
+# goal rows of issue 19, then the long-small, the large, B16 H1024 and the stacks
+ROWS = [("lstm", 16, 512, 512, 512, 1, False), ("lstm", 64, 256, 256, 512, 1, False),
+        ("gru", 16, 512, 512, 512, 1, False), ("gru", 64, 256, 256, 512, 1, False),
+        ("lstm", 256, 256, 1024, 1024, 1, False), ("lstm", 16, 512, 1024, 1024, 1, False),
+        ("lstm", 32, 1024, 128, 256, 1, False), ("lstm", 64, 256, 256, 512, 2, True),
+        ("gru", 64, 256, 256, 512, 2, True), ("gru", 256, 256, 1024, 1024, 1, False),
+        ("gru", 16, 512, 1024, 1024, 1, False), ("gru", 32, 1024, 128, 256, 1, False)]
+QUICK_ROWS = [("lstm", 16, 8, 16, 32, 1, False), ("gru", 16, 8, 16, 32, 2, True)]
+# (batch, time, input, hidden, layers, bidirectional)
 CHECKS = [(40, 17, 24, 256, 1, True), (5, 33, 12, 64, 2, True), (64, 40, 32, 512, 1, False)]
+QUICK_CHECKS = [(5, 6, 4, 32, 1, True)]
+# (cell, dtype, kernel) checked at each of CHECKS, most telling first
+CHECK_CASES = [("lstm", "fp32", "default"), ("gru", "fp32", "default"),
+               ("lstm", "bf16", "default"), ("gru", "fp16", "default"),
+               ("lstm", "fp32", "fallback"), ("lstm", "fp16", "default"),
+               ("gru", "bf16", "default"), ("gru", "fp32", "fallback")]
+DTYPES = {"fp32": None, "bf16": jnp.bfloat16, "fp16": jnp.float16}
 # persistent.plan's choices turned off, as where the sizes rule them out (no weights on
 # chip: no scattering backward pass either)
 FALLBACK = {"resident": False, "scatter": False}
-TUNING = {"default": {}, "gathering backward": {"scatter": False},
-          "weights streamed (FALLBACK)": FALLBACK, "8 warps": {"warps": 8}}
+# variants of the kernel that kernel_resources.py compiles
+TUNING = {"default": {}, "h in chunks of 64 rows": {"loads_first": False},
+          "weights streamed (FALLBACK)": FALLBACK}
 LAYERS = {"lstm": (recurrent.init_lstm, recurrent.lstm),
           "gru": (recurrent.init_gru, recurrent.gru)}
 
@@ -77,13 +97,6 @@ def _plans(**variant):
         yield
     finally:
         persistent.plan = original
-
-
-def _traced(variant, fns):
-    """Compiles the zero-argument ``fns`` with the kernel ``variant``; returns them."""
-    with _plans(**variant):
-        jax.block_until_ready([f() for f in fns])
-    return fns
 
 
 def check(kind, config, dtype=None, variant=None):
@@ -117,7 +130,9 @@ def barrier_timeouts(kind, config, variant=None):
     """How many grid barriers gave up waiting in one forward launch (0 when sound)."""
     batch, time_steps, _, hidden, _, bi = config
     num_dirs = 2 if bi else 1
-    p = persistent.plan(kind, num_dirs, batch, hidden, jax.devices()[0].core_count,
+    device = jax.devices()[0]
+    on_gpu = device.platform == "gpu"
+    p = persistent.plan(kind, num_dirs, batch, hidden, device.core_count if on_gpu else 132,
                         **(variant or {}))
     g = persistent.GATES[kind]
     xp = jnp.ones((time_steps, num_dirs, p.batch, g * hidden)) * 0.1
@@ -126,8 +141,8 @@ def barrier_timeouts(kind, config, variant=None):
     out = jax.jit(lambda: persistent.forward(
         kind, p, jnp.full((p.batch,), time_steps, jnp.int32), xp, w_t,
         jnp.zeros((num_dirs, hidden)), zeros, zeros, dtype=None,
-        precision=jax.lax.Precision.DEFAULT, interpret=False))()
-    return int(out[-1][:, 1].sum())
+        precision=jax.lax.Precision.DEFAULT, interpret=not on_gpu))()
+    return int(out[-1][:, 0].sum())
 
 
 def _jax_fns(apply, params, x):
@@ -135,127 +150,144 @@ def _jax_fns(apply, params, x):
     return jax_fns(apply, params, x, argnums=(0, 1))
 
 
-def _libraries(kind, config, torch):
-    """``{name: (forward, training)}`` zero-argument callables for one configuration, and
-    which of ``"kernel"`` and ``"xla"`` ``impl="auto"`` runs there (its first layer)."""
-    batch, time_steps, inputs, hidden, layers, bi = config
+def _runs(kind, row):
+    """Which path ``impl="auto"`` runs at ``row`` (its first layer), for each dtype."""
+    _, batch, _, inputs, hidden, layers, bi = row
+    params = LAYERS[kind][0](jax.random.PRNGKey(0), inputs, hidden, layers, bi)
+    return {name: "xla" if kernel_layer.configure(kind, "auto", params[0], batch, dtype)
+            is None else "kernel" for name, dtype in DTYPES.items()}
+
+
+def _libraries(row, torch, device):
+    """``{name: (forward, training)}`` zero-argument callables for one row, each library at
+    its default precision in float32 and at half precision."""
+    kind, batch, time_steps, inputs, hidden, layers, bi = row
     key = jax.random.PRNGKey(0)
     x = jax.random.normal(key, (batch, time_steps, inputs))
     init, run = LAYERS[kind]
     params = init(key, inputs, hidden, layers, bi)
-    libs = {name: _jax_fns(lambda p, x, impl=impl: run(p, x, impl=impl)[0], params, x)
-            for name, impl in (("kernel", "pallas"), ("xla", "fast"))}
-    auto = kernel_layer.configure(kind, "auto", params[0], batch, None)
+    libs = {}
+    for impl, name in (("auto", "recurrent"), ("fast", "xla")):
+        for label, dtype in DTYPES.items():
+            if impl == "fast" and label == "fp16":
+                continue
+            libs[f"{name} {label}"] = _jax_fns(
+                lambda p, x, impl=impl, dtype=dtype: run(p, x, impl=impl, dtype=dtype)[0],
+                params, x)
     module = FlaxStack(kind, hidden, layers, bi)
-    libs["flax"] = _jax_fns(module.apply, module.init(key, x), x)
-    if kind == "lstm":
-        libs["jax cuDNN"] = _jax_cudnn(config, x)
-    libs["torch cuDNN"] = _torch_fns(kind, config, x, torch)
-    return libs, "xla" if auto is None else "kernel"
+    libs["flax fp32"] = _jax_fns(module.apply, module.init(key, x), x)
+    for label, dtype in (("fp32", torch.float32), ("fp16", torch.float16)):
+        libs[f"torch {label}"] = _torch_fns(kind, row, x, torch, device, dtype)
+    return libs
 
 
-def _jax_cudnn(config, x):
-    from jax.experimental import rnn
-
-    batch, _, inputs, hidden, layers, bi = config
-    weights = rnn.init_lstm_weight(jax.random.PRNGKey(2), inputs, hidden, layers, bi)
-    state = jnp.zeros((layers * (2 if bi else 1), batch, hidden))
-    lengths = jnp.full((batch,), x.shape[1], jnp.int32)
-
-    def apply(w, x):
-        return rnn.lstm(x, state, state, w, lengths, inputs, hidden, layers, 0.0, bi)[0]
-
-    return _jax_fns(apply, weights, x)
-
-
-def _torch_fns(kind, config, x, torch):
-    batch, _, inputs, hidden, layers, bi = config
+def _torch_fns(kind, row, x, torch, device, dtype):
+    """``torch.nn.LSTM``/``GRU`` (cuDNN on a GPU) in ``dtype``: ``(forward, training)``."""
+    _, _, _, inputs, hidden, layers, bi = row
     module = (torch.nn.LSTM if kind == "lstm" else torch.nn.GRU)(
-        inputs, hidden, num_layers=layers, bidirectional=bi, batch_first=True).cuda()
-    tx = torch.from_numpy(np.array(x)).cuda().requires_grad_(True)
+        inputs, hidden, num_layers=layers, bidirectional=bi, batch_first=True)
+    module = module.to(device=device, dtype=dtype)
+    tx = torch.from_numpy(np.array(x)).to(device=device, dtype=dtype).requires_grad_(True)
 
     def forward():
         with torch.no_grad():
-            out = module(tx)[0]
-        torch.cuda.synchronize()
-        return out
+            return module(tx)[0]
 
     def training():
         module.zero_grad(set_to_none=True)
         tx.grad = None
         module(tx)[0].sum().backward()
-        torch.cuda.synchronize()
 
     return forward, training
 
 
-HEADER = ("| cell | B, T, I, H | layers × dirs | pass | torch cuDNN | jax cuDNN | flax "
-          "| recurrent xla | recurrent kernel | auto runs | kernel / torch | auto / torch "
-          "| kernel / xla |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+COLUMNS = ["torch fp32", "torch fp16", "flax fp32", "xla fp32", "xla bf16", "recurrent fp32",
+           "recurrent bf16", "recurrent fp16"]
+RATIOS = [("recurrent fp32", "torch fp32"), ("recurrent bf16", "torch fp16"),
+          ("recurrent fp16", "torch fp16"), ("recurrent bf16", "recurrent fp32")]
+HEADER = ("| cell | B, T, I, H | layers × dirs | pass | timing | auto runs (fp32/bf16/fp16) | "
+          + " | ".join(COLUMNS) + " | " + " | ".join(f"{a} / {b}" for a, b in RATIOS) + " |\n"
+          + "|---" * (6 + len(COLUMNS) + len(RATIOS)) + "|")
 
 
-def _row(kind, config, mode, ms, auto):
-    batch, time_steps, inputs, hidden, layers, bi = config
-    cudnn = f"{ms['jax cuDNN']:.2f}" if "jax cuDNN" in ms else "—"
-    torch = ms["torch cuDNN"]
+def _row(row, mode, timing, ms, runs):
+    kind, batch, time_steps, inputs, hidden, layers, bi = row
+
+    def cell(name):
+        if name not in ms:
+            return "—"
+        steps = f" ({ms[name] * 1e3 / time_steps:.1f})" if timing == "pipelined" else ""
+        return f"{ms[name]:.2f}{steps}"
+
     return (f"| {kind.upper()} | {batch}, {time_steps}, {inputs}, {hidden} | "
-            f"{layers} × {2 if bi else 1} | {('forward', 'fwd+bwd')[mode]} | "
-            f"{torch:.2f} | {cudnn} | {ms['flax']:.2f} | {ms['xla']:.2f} | "
-            f"{ms['kernel']:.2f} | {auto} | {ms['kernel'] / torch:.2f} | "
-            f"{ms[auto] / torch:.2f} | {ms['kernel'] / ms['xla']:.2f} |")
+            f"{layers} × {2 if bi else 1} | {('forward', 'fwd+bwd')[mode]} | {timing} | "
+            f"{'/'.join(runs.values())} | " + " | ".join(cell(c) for c in COLUMNS) + " | "
+            + " | ".join(f"{ms[a] / ms[b]:.2f}" for a, b in RATIOS) + " |")
 
 
-def _tuning(config, repeats):
-    """The XLA path's ``unroll`` and the kernel's ``TUNING`` variants, LSTM at ``config``;
-    each kernel variant's largest output difference from the XLA path is shown beside its
-    times."""
-    batch, time_steps, inputs, hidden, layers, bi = config
-    key = jax.random.PRNGKey(0)
-    x = jax.random.normal(key, (batch, time_steps, inputs))
-    params = recurrent.init_lstm(key, inputs, hidden, layers, bi)
-    fns = {f"xla unroll={u}": _jax_fns(
-        lambda p, x, u=u: recurrent.lstm(p, x, impl="fast", unroll=u)[0], params, x)
-        for u in (1, 2, 4, 8)}
-    for name, variant in TUNING.items():
-        fns[f"kernel {name}"] = _traced(variant, _jax_fns(
-            lambda q, x: recurrent.lstm(q, x, impl="pallas")[0], params, x))
-    fns["kernel bf16"] = _jax_fns(
-        lambda p, x: recurrent.lstm(p, x, impl="pallas", dtype=jnp.bfloat16)[0], params, x)
-    want = fns["xla unroll=1"][0]()
-    lines = ["| variant | forward | fwd+bwd | max abs diff from xla |", "|---|---|---|---|"]
-    fwd = measure({n: f[0] for n, f in fns.items()}, repeats)
-    train = measure({n: f[1] for n, f in fns.items()}, repeats)
-    lines += [f"| {n} | {fwd[n]:.2f} | {train[n]:.2f} | "
-              f"{float(jnp.max(jnp.abs(f[0]() - want))):.1e} |" for n, f in fns.items()]
+def speed(row, torch, device, repeats, calls):
+    """The table's lines for one row: forward and fwd+bwd, pipelined and one call's
+    latency."""
+    kind = row[0]
+    runs = _runs(kind, row)
+    libs = _libraries(row, torch, device)
+    syncs = {name: (lambda _: torch.cuda.synchronize()) if name.startswith("torch")
+             and device == "cuda" else jax.block_until_ready for name in libs}
+    lines = []
+    for mode in (0, 1):
+        fns = {n: f[mode] for n, f in libs.items()}
+        for timing, n in (("pipelined", calls), ("latency", 1)):
+            ms = measure_gpu(fns, repeats, n, syncs)
+            lines.append(_row(row, mode, timing, ms, runs))
     return lines
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--budget", type=float, default=420.0,
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--calls", type=int, default=10,
+                        help="calls issued back to back per pipelined measurement")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a CPU dry run)")
+    parser.add_argument("--budget", type=float, default=400.0,
                         help="seconds after which no new row is started")
     parser.add_argument("--out", type=Path, default=RESULTS / "gpu.md")
     parser.add_argument("--checks", type=int, default=len(CHECKS),
                         help="how many of the correctness configurations to run")
-    parser.add_argument("--check-dtypes", type=int, default=2,
-                        help="1: float32 only; 2: float32 and bfloat16")
-    parser.add_argument("--tuning-first", action="store_true")
-    parser.add_argument("--configs", default=None,
-                        help="which rows of CONFIGS to time, in this order, e.g. 0,3,1,2")
+    parser.add_argument("--check-cases", type=int, default=len(CHECK_CASES),
+                        help="how many of CHECK_CASES to run at each")
+    parser.add_argument("--rows", default=None,
+                        help="which of ROWS to time, in this order, e.g. 0,1,4")
+    parser.add_argument("--plan", type=_plan_options, default={},
+                        help="persistent.plan keywords for every kernel run, e.g. kc_first=256")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    with _plans(**args.plan):
+        run(args, argv)
+
+
+def _plan_options(text: str) -> dict:
+    """``"kc_first=256,barrier=flags"`` as plan keywords (ints where they parse)."""
+    options = dict(item.split("=", 1) for item in text.split(",") if item)
+    return {k: int(v) if v.lstrip("-").isdigit() else {"True": True, "False": False}.get(v, v)
+            for k, v in options.items()}
+
+
+def run(args, argv):
+    """Runs the checks and the speed table as ``args`` say."""
     import torch
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     start = time.perf_counter()
-    where = f"{machine()}; torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}"
-    lines = ["# recurrent's GPU kernel vs cuDNN, flax and the XLA path", "",
-             f"- machine: {where}",
-             f"- command: `python benchmarks/bench_gpu.py`; median ms of {args.repeats} "
-             "interleaved repetitions after warm-up; fwd+bwd = gradient of sum(y) w.r.t. "
-             "params and x; every library at its default float32 precision", ""]
+    cudnn = torch.backends.cudnn.version() if device == "cuda" else None
+    lines = ["# recurrent vs cuDNN, flax and the XLA path, on one GPU", "",
+             f"- machine: {machine()}; torch {torch.__version__}, cuDNN {cudnn}",
+             f"- command: `{' '.join(['python benchmarks/bench_gpu.py', *argv])}`",
+             f"- median ms of {args.repeats} interleaved repetitions after warm-up; "
+             f"pipelined = {args.calls} calls back to back and one sync, per call, with µs "
+             "per step in brackets; latency = one synced call; fwd+bwd = gradient of sum(y) "
+             "w.r.t. params and x; fp32 = each library's default (TF32 matmuls)",
+             f"- kernel plan keywords: {args.plan or 'none (the defaults)'}", ""]
 
     def emit(*new):
         lines.extend(new)
@@ -267,46 +299,29 @@ def main(argv=None):
          f"The fallback is {FALLBACK}.", "",
          "| cell | B, T, I, H, layers, bi | kernel | dtype | values | gradients "
          "| barrier timeouts |", "|---|---|---|---|---|---|---|")
-    for kind in ("lstm", "gru"):
-        for config in CHECKS[:args.checks]:
-            for dtype in (None, jnp.bfloat16)[:args.check_dtypes]:
-                for name, variant in (("default", {}), ("fallback", FALLBACK)):
-                    try:
-                        err = check(kind, config, dtype, variant)
-                        emit(f"| {kind} | {config} | {name} | "
-                             f"{jnp.dtype(dtype or jnp.float32).name} | {err['value']:.1e} | "
-                             f"{err['grad']:.1e} | {barrier_timeouts(kind, config, variant)} |")
-                    except Exception as e:  # keep going: the rest still informs
-                        emit(f"| {kind} | {config} | {name} | {dtype} | error: "
-                             f"{type(e).__name__}: {str(e)[:300]} | | |")
-
-    def tuning():
-        emit("", f"## Tuning (LSTM {CONFIGS[0]})", "")
-        try:
-            emit(*_tuning(QUICK_CONFIGS[0] if args.quick else CONFIGS[0], args.repeats))
-        except Exception as e:
-            emit(f"error: {type(e).__name__}: {str(e)[:300]}")
-
-    if args.tuning_first:
-        tuning()
-    emit("", "## Speed", "", HEADER)
-    configs = QUICK_CONFIGS if args.quick else CONFIGS
-    if args.configs:
-        configs = [configs[int(i)] for i in args.configs.split(",")]
-    for config in configs:
-        for kind in ("lstm", "gru"):
-            if time.perf_counter() - start > args.budget:
-                emit(f"| {kind} | {config} | skipped: over the time budget |")
-                continue
+    for config in QUICK_CHECKS if args.quick else CHECKS[:args.checks]:
+        for kind, label, name in CHECK_CASES[:args.check_cases]:
+            variant = FALLBACK if name == "fallback" else {}
             try:
-                libs, auto = _libraries(kind, config, torch)
-                for mode in (0, 1):
-                    ms = measure({n: f[mode] for n, f in libs.items()}, args.repeats)
-                    emit(_row(kind, config, mode, ms, auto))
-            except Exception as e:
-                emit(f"| {kind} | {config} | error: {type(e).__name__}: {str(e)[:300]} |")
-    if not args.tuning_first and time.perf_counter() - start < args.budget:
-        tuning()
+                err = check(kind, config, DTYPES[label], variant)
+                emit(f"| {kind} | {config} | {name} | {label} | {err['value']:.1e} | "
+                     f"{err['grad']:.1e} | {barrier_timeouts(kind, config, variant)} |")
+            except Exception as e:  # keep going: the rest still informs
+                emit(f"| {kind} | {config} | {name} | {label} | error: "
+                     f"{type(e).__name__}: {str(e)[:300]} | | |")
+
+    emit("", "## Speed", "", HEADER)
+    rows = QUICK_ROWS if args.quick else ROWS
+    if args.rows:
+        rows = [rows[int(i)] for i in args.rows.split(",")]
+    for row in rows:
+        if time.perf_counter() - start > args.budget:
+            emit(f"| {row} | skipped: over the time budget |")
+            continue
+        try:
+            emit(*speed(row, torch, device, args.repeats, args.calls))
+        except Exception as e:
+            emit(f"| {row} | error: {type(e).__name__}: {str(e)[:300]} |")
     emit("", f"total {time.perf_counter() - start:.0f} s")
     print(f"written to {args.out}")
 

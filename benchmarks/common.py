@@ -46,6 +46,33 @@ def measure(fns: dict, repeats: int) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def measure_gpu(fns: dict, repeats: int, calls: int = 10, sync=jax.block_until_ready) -> dict:
+    """Median ms a call of each zero-argument callable in ``fns``, as a training loop sees
+    it: ``calls`` calls issued back to back, then one ``sync(outputs)``, divided by
+    ``calls`` (``calls=1``: one synced call's latency). No pauses: an idle GPU lowers its
+    clocks. The callables take turns within every repetition, in an order that rotates;
+    ``sync`` is a dict of a function per name where the callables are not JAX's (torch:
+    ``torch.cuda.synchronize``).
+    """
+    syncs = sync if isinstance(sync, dict) else dict.fromkeys(fns, sync)
+    for name, fn in fns.items():  # compile and warm up
+        for _ in range(2):
+            syncs[name]([fn() for _ in range(calls)])
+    names = list(fns)
+    times = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn, start = fns[name], time.perf_counter()
+            syncs[name]([fn() for _ in range(calls)])
+            times[name].append((time.perf_counter() - start) * 1e3 / calls)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def pipelined_ms(fn, calls: int = 10, repeats: int = 15) -> float:
+    """:func:`measure_gpu` of one JAX callable."""
+    return measure_gpu({"fn": fn}, repeats, calls)["fn"]
+
+
 class FlaxStack(nn.Module):
     """``layers`` flax ``RNN``s, each ``Bidirectional`` when asked: flax's equivalent of
     ``torch.nn.LSTM(num_layers=layers, bidirectional=...)``."""

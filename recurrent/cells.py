@@ -473,3 +473,8 @@ def rnn_cell(hidden_size: int, *, nonlinearity: str = "tanh", bias: bool = True,
     activations, step = _cell_from(recurrence, ("h",), dtype)
     return Cell(init, project, step, _zeros_carry(hidden_size, pair=False), activations,
                 RNNParams, 1, recurrence, ("h",), dtype)
+
+__all__ = [
+    "Cell", "GRUParams", "LSTMParams", "RNNParams", "gru_cell", "lstm_cell", "rnn_cell",
+    "uniform_init",
+]

@@ -202,3 +202,5 @@ def deer_unroll(cell: Cell, params, xs, carry=None, *, seq_lengths=None,
     if return_info:
         return final, ys, dict(iterations=iterations, error=error, converged=converged)
     return final, ys
+
+__all__ = ["deer_unroll"]

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
 from recurrent import checks
 from recurrent.cells import GRUParams, LSTMParams, RNNParams
+from recurrent.layers import Params
 
 _FIELDS = {"weight_ih": "w_ih", "weight_hh": "w_hh", "bias_ih": "b_ih", "bias_hh": "b_hh",
            "weight_hr": "w_hr"}  # in torch's order
@@ -93,7 +95,7 @@ def _to_torch(fn: str, params, params_type: type, gates: int) -> dict:
     try:
         import torch
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(f"{fn} needs torch: pip install torch") from e
+        raise ImportError(f'{fn} needs torch: pip install "jax-recurrent[torch]"') from e
     state = {}
     for l, layer in enumerate(params):
         for d, p in enumerate(layer):
@@ -104,7 +106,7 @@ def _to_torch(fn: str, params, params_type: type, gates: int) -> dict:
     return state
 
 
-def lstm_from_torch(source) -> tuple:
+def lstm_from_torch(source: Any) -> Params:
     """Params for :func:`recurrent.lstm` from a ``torch.nn.LSTM`` or its state dict.
 
     ``source`` may hold torch tensors or NumPy arrays; the number of layers, the
@@ -115,17 +117,17 @@ def lstm_from_torch(source) -> tuple:
     return _from_torch("lstm_from_torch", source, LSTMParams, 4)
 
 
-def gru_from_torch(source) -> tuple:
+def gru_from_torch(source: Any) -> Params:
     """Params for :func:`recurrent.gru` from a ``torch.nn.GRU`` or its state dict."""
     return _from_torch("gru_from_torch", source, GRUParams, 3)
 
 
-def rnn_from_torch(source) -> tuple:
+def rnn_from_torch(source: Any) -> Params:
     """Params for :func:`recurrent.rnn` from a ``torch.nn.RNN`` or its state dict."""
     return _from_torch("rnn_from_torch", source, RNNParams, 1)
 
 
-def lstm_to_torch(params) -> dict:
+def lstm_to_torch(params: Params) -> dict[str, Any]:
     """A ``torch.nn.LSTM`` state dict (``{name: torch.Tensor}``) from LSTM params, in
     torch's key order; ``module.load_state_dict(lstm_to_torch(params))`` loads it (a
     module made with ``proj_size=P`` for params with ``w_hr``). ``ValueError`` for params
@@ -133,11 +135,16 @@ def lstm_to_torch(params) -> dict:
     return _to_torch("lstm_to_torch", params, LSTMParams, 4)
 
 
-def gru_to_torch(params) -> dict:
+def gru_to_torch(params: Params) -> dict[str, Any]:
     """A ``torch.nn.GRU`` state dict from GRU params."""
     return _to_torch("gru_to_torch", params, GRUParams, 3)
 
 
-def rnn_to_torch(params) -> dict:
+def rnn_to_torch(params: Params) -> dict[str, Any]:
     """A ``torch.nn.RNN`` state dict from RNN params."""
     return _to_torch("rnn_to_torch", params, RNNParams, 1)
+
+__all__ = [
+    "gru_from_torch", "gru_to_torch", "lstm_from_torch", "lstm_to_torch", "rnn_from_torch",
+    "rnn_to_torch",
+]

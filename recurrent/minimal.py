@@ -189,3 +189,5 @@ def parallel_unroll(cell: Cell, params, xs, carry=None, *, seq_lengths=None,
     if not time_major:
         ys = jnp.swapaxes(ys, 0, 1)  # (time, batch, H) -> (batch, time, H)
     return h_n, ys
+
+__all__ = ["MinGRUParams", "MinLSTMParams", "mingru_cell", "minlstm_cell", "parallel_unroll"]

@@ -207,3 +207,5 @@ def scan_options(fn: str, rates: dict, deterministic: bool | None,
         return {}
     return {**rates, "deterministic": bool(deterministic),
             "return_activations": return_activations}
+
+__all__ = ["Masks", "Regularization", "draw_masks", "regularized_cell", "regularized_unroll"]

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
 from recurrent import checks
 from recurrent.framing import clip_lengths
+from recurrent.layers import Params
 
 
-def truncated_bptt(layer, params, x, chunk: int, initial_state=None, seq_lengths=None,
-                   key=None, **layer_options):
+def truncated_bptt(layer: Callable[..., tuple[Any, ...]], params: Params, x: jax.Array,
+                   chunk: int, initial_state: Any = None, seq_lengths: jax.Array | None = None,
+                   key: jax.Array | None = None, **layer_options: Any) -> tuple[jax.Array, Any]:
     """Runs ``layer`` over ``x`` in chunks of ``chunk`` steps, stopping the gradient of the
     state between chunks, so backpropagation reaches at most ``chunk`` steps back::
 
@@ -86,3 +91,5 @@ def truncated_bptt(layer, params, x, chunk: int, initial_state=None, seq_lengths
         state, y_last = run(state, x[:, num_full * chunk:], num_full * chunk, num_full)
         ys.append(y_last)
     return jnp.concatenate(ys, axis=1), state
+
+__all__ = ["truncated_bptt"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -34,9 +36,9 @@ def project_time_major(cell: Cell, params, xs, carry, time_major: bool, seq_leng
     return cell.project(params, xs), carry, lengths, valid  # (time, batch, G*H)
 
 
-def unroll(cell: Cell, params, xs: jax.Array, carry=None, *, seq_lengths=None,
-           reverse: bool = False, unroll: int = 1, time_major: bool = False,
-           return_activations: bool = False):
+def unroll(cell: Cell, params: Any, xs: jax.Array, carry: Any = None, *,
+           seq_lengths: jax.Array | None = None, reverse: bool = False, unroll: int = 1,
+           time_major: bool = False, return_activations: bool = False) -> tuple[Any, Any]:
     """Runs ``cell`` over the time axis of ``xs`` and returns ``(final_carry, ys)``.
 
     The input half of every step is computed for the whole sequence in one matmul
@@ -117,3 +119,5 @@ def scan_unroll(cell: Cell, params, xs: jax.Array, carry=None, *, seq_lengths=No
     if not time_major:
         ys = jax.tree.map(lambda y: jnp.swapaxes(y, 0, 1), ys)  # (T, B, H) -> (B, T, H)
     return carry, ys
+
+__all__ = ["unroll"]

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental import pallas as pl
 
 import recurrent
 from recurrent.kernels import layer as kernel_layer
@@ -41,7 +42,8 @@ def test_kernel_equals_reference_values_and_gradients(kind):
     run = recurrent.lstm if kind == "lstm" else recurrent.gru
     tiling = kernel_layer.configure(kind, "pallas", params[0], B, None)
     assert tiling.interpret and tiling.plan.grid(2, H) == (2, 2, 2)
-    assert tiling.plan.resident and tiling.plan.scatter  # as on the GPU
+    assert tiling.plan.resident and tiling.plan.scatter and tiling.plan.loads_first
+    assert tiling.plan.kc == H  # as on the GPU: h loaded whole, one matmul chunk
 
     def loss(impl, p, x, s):
         y, final = run(p, x, lengths, s, impl=impl)
@@ -95,7 +97,7 @@ def test_a_timed_out_barrier_makes_the_results_nan(monkeypatch):
     params, x, lengths, state = _case("gru", seed=4)
 
     def timing_out(launch):
-        return lambda *a, **k: (*launch(*a, **k)[:-1], launch(*a, **k)[-1].at[:, 1].set(1))
+        return lambda *a, **k: (*launch(*a, **k)[:-1], launch(*a, **k)[-1].at[:, 0].set(1))
 
     def grads(p):
         return jax.grad(lambda p: jnp.sum(recurrent.gru(p, x, lengths, state,
@@ -110,11 +112,41 @@ def test_a_timed_out_barrier_makes_the_results_nan(monkeypatch):
     assert np.isnan(h_n).all() and np.isnan(y[valid]).all()
 
 
-def test_kernel_bfloat16_matmuls():
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_kernel_half_precision_matmuls(dtype):
     params, x, lengths, state = _case("gru", seed=1)
-    got = recurrent.gru(params, x, lengths, state, impl="pallas", dtype=jnp.bfloat16)
-    want = recurrent.gru(params, x, lengths, state, impl="reference", dtype=jnp.bfloat16)
+    got = recurrent.gru(params, x, lengths, state, impl="pallas", dtype=dtype)
+    want = recurrent.gru(params, x, lengths, state, impl="reference", dtype=dtype)
+    assert got[0].dtype == dtype
     _close(got, want, 1e-2)
+
+
+@pytest.mark.parametrize("blocks, timeouts", [(1, 0), (2, 1), (3, 2)])
+def test_barrier_flags_and_time_outs(monkeypatch, blocks, timeouts):
+    """The grid barrier run as it is on the GPU, three barriers in one call: interpret mode
+    runs the blocks one after another, so one block alone passes each barrier on its own
+    flag, while each block but the last waits for a flag that a later block has not raised
+    yet, gives up (after ``SPIN_LIMIT`` polls) and is counted; the last finds every flag
+    raised and passes. Three blocks leave a fourth flag column unused."""
+    monkeypatch.setattr(persistent, "SPIN_LIMIT", 3)
+    plan_ = persistent.plan("lstm", 1, 16, 16 * blocks, 132)
+    assert plan_.grid(1, 16 * blocks) == (1, blocks, 1)
+    sync = persistent._sync_buffer(plan_, 1, 16 * blocks)
+
+    def kernel(sync_in_ref, sync_ref):
+        del sync_in_ref  # aliased to sync_ref
+        barrier = persistent._Sync(sync_ref, pl.program_id(0), blocks, True)
+        alive = jnp.bool_(True)
+        for passed in range(3):  # traced, as the kernels' step counts are
+            alive = barrier.wait(barrier.zero + passed, alive)
+        barrier.report(alive)
+
+    out = pl.pallas_call(kernel, out_shape=jax.ShapeDtypeStruct(sync.shape, sync.dtype),
+                         grid=(1, blocks, 1), input_output_aliases={0: 0}, interpret=True)(sync)
+    assert int(out[0, 0]) == timeouts
+    flags = out[0, persistent.FLAGS:]
+    np.testing.assert_array_equal(flags[:blocks], 3)  # every block reached every barrier
+    assert (flags[blocks:] > 3).all()  # the unused columns never hold anyone back
 
 
 def test_plan_keeps_every_block_resident():
@@ -127,6 +159,12 @@ def test_plan_keeps_every_block_resident():
     assert persistent.plan("lstm", 2, 64, 512, 132).grid(2, 512) == (2, 32, 2)  # batch split
     assert persistent.plan("lstm", 2, 64, 512, 132, split_batch=False).bb == 64
     assert persistent.plan("lstm", 1, 4096, 512, 132) is None  # accumulators too large
+    # h (bb, H) in registers: loaded whole, one chunk; otherwise chunks of 64 rows
+    assert persistent.plan("lstm", 1, 16, 512, 132)[2:] == (512, 16, 4, True, True, True)
+    assert persistent.plan("lstm", 1, 16, 512, 132, loads_first=False).kc == 64
+    assert persistent.plan("lstm", 1, 16, 512, 132, kc_first=128).kc == 128
+    wide = persistent.plan("lstm", 2, 64, 512, 132)  # bb = 32: (32, 512) is 128 a thread
+    assert not wide.loads_first and not wide.scatter and wide.kc == 64
 
 
 def test_impl_choice_and_errors():
@@ -160,9 +198,12 @@ def test_auto_picks_the_kernel_where_its_weights_stay_on_chip(monkeypatch):
 
     chosen = auto("lstm", 512)  # an H100 holds the 128 KiB slice: the kernel
     assert not chosen.interpret and chosen.plan.resident and chosen.plan.scatter
-    assert auto("gru", 512, dirs=2).plan.resident
-    assert auto("lstm", 1024, batch=256) is None  # 256 KiB a block: the XLA path
-    assert auto("lstm", 1024, batch=256, dtype=jnp.bfloat16).plan.resident
+    assert chosen.plan.loads_first
+    assert auto("gru", 512, dirs=2, batch=16).plan.loads_first
+    # where h (bb, H) does not fit in registers the kernel was slower: the XLA path
+    assert auto("gru", 512, dirs=2) is None  # bb = 32
+    assert auto("lstm", 1024, batch=256) is None  # 256 KiB a block
+    assert auto("lstm", 1024, batch=256, dtype=jnp.bfloat16) is None  # held, bb = 128
     assert auto("lstm", 512, remat_chunk=8) is None  # asked for less memory
     assert auto("lstm", 48, proj_size=16) is None  # cell options: no kernel, no error
     assert kernel_layer.configure(None, "auto", None, 64, None) is None  # no kernel (RNN)

@@ -64,9 +64,11 @@ def configure(kind: str | None, impl: str, layer, batch: int, dtype,
     ``impl="pallas"`` always runs the kernel (in interpret mode off GPU); ``ValueError``
     for cells other than the plain LSTM and the GRU in torch's form (``kind``) and for
     sizes no tiling fits. ``impl="auto"`` runs it where it was faster than the XLA path on
-    an H100 (benchmarks/results/gpu.md): for those cells, in a process with one device, a
-    CUDA GPU, when a block's weights stay in shared memory and no ``remat_chunk`` is asked
-    for. Any other ``impl``: ``None``.
+    an H100 and an H200 (benchmarks/results/gpu.md): for those cells, in a process with one
+    device, a CUDA GPU, when no ``remat_chunk`` is asked for and the plan holds a block's
+    weights in shared memory and its ``h`` in registers (``Plan.loads_first``; where it
+    does not, as at B256 H1024 in bfloat16, the kernel took 1.6 times the XLA path's time
+    to train on an H200). Any other ``impl``: ``None``.
     """
     if impl == "pallas":
         if kind is None:
@@ -93,7 +95,7 @@ def configure(kind: str | None, impl: str, layer, batch: int, dtype,
             or not _plain(kind, layer[0])):
         return None
     config = _config(kind, layer, batch, dtype)
-    return config if config is not None and config.plan.resident else None
+    return config if config is not None and config.plan.loads_first else None
 
 
 def _plain(kind, p) -> bool:
@@ -138,9 +140,9 @@ def _forward(config, xp, w_hh, b_hn, h0, c0, lengths, record=True):
 
 def _poisoned(sync, *arrays):
     """``arrays``, or NaN everywhere if a grid barrier of the launch gave up waiting
-    (``sync[:, 1]``, see :func:`persistent.forward`): its results are then wrong, and NaN
+    (``sync[:, 0]``, see :func:`persistent.forward`): its results are then wrong, and NaN
     says so where they are used."""
-    failed = jnp.any(sync[:, 1] > 0)
+    failed = jnp.any(sync[:, 0] > 0)
     return tuple(jnp.where(failed, jnp.nan, a) for a in arrays)
 
 

@@ -4,7 +4,7 @@ One launch runs every time step of one layer, both directions at once. The grid 
 ``(directions, H // bh)``: block ``(d, j)`` owns hidden units ``j*bh:(j+1)*bh`` of direction
 ``d`` and, at every step, computes their gates from the whole previous ``h``. The blocks
 of a direction exchange ``h`` through global memory (``hbuf``, which is also the output)
-and wait for each other once per step on an atomic counter: a grid-wide barrier. That is
+and wait for each other once per step on per-block flags: a grid-wide barrier. That is
 only sound while every block of the grid runs at the same time, so the grid never has more
 blocks than the GPU has multiprocessors (:func:`plan`).
 
@@ -56,8 +56,8 @@ class Plan(NamedTuple):
 
     The forward kernel computes a block's gates in one matmul of ``4*bh`` columns (the
     GRU's padded with a zero gate; :func:`fuse` lays out ``w``), then splits the result.
-    Two choices depend on the sizes (:func:`plan`; on an H100 each cut the time of the
-    pass it touches by about a third, benchmarks/results/gpu.md):
+    Three choices depend on the sizes (:func:`plan`; benchmarks/results/gpu.md and
+    gpu_step.md give what each did to the time of a step):
 
     - ``resident``: a block's slice of ``w_hh`` is loaded once, before the time loop (the
       matmul chunks then unrolled), and stays in shared memory; otherwise it is read from
@@ -67,6 +67,12 @@ class Plan(NamedTuple):
       block sums the shares of its units. Otherwise each block reads every block's gate
       gradients, ``(bb, G*H)``, and multiplies them by its columns of ``w_hh``: four times
       the reads, and a product only ``bh`` wide that every warp of the block repeats.
+    - ``loads_first`` (forward): a step loads all of ``h`` it needs, ``(bb, H)``, before
+      its first matmul chunk, and the chunks are ``kc = H`` rows (one, by default):
+      otherwise a step waits on L2 once a chunk, and converts each chunk's operand for the
+      tensor cores behind two shared-memory barriers of its own (on an H200 at B16 H512,
+      float32, a forward step took 5.3 µs in 8 chunks of 64 rows loaded one by one, 4.7
+      with the loads first, 3.5 in one chunk).
     """
 
     bh: int
@@ -76,6 +82,7 @@ class Plan(NamedTuple):
     warps: int
     resident: bool = False
     scatter: bool = False
+    loads_first: bool = False
 
     def grid(self, num_dirs, hidden):
         return num_dirs, hidden // self.bh, self.batch // self.bb
@@ -88,17 +95,22 @@ def _pow2_at_least(n: int) -> int:
 def plan(kind: str, num_dirs: int, batch: int, hidden: int, num_cores: int,
          split_batch: bool = True, *, resident: bool = True, scatter: bool = True,
          itemsize: int = 4, shared_bytes: int = SHARED_BYTES,
-         warps: int | None = None) -> Plan | None:
+         warps: int | None = None, loads_first: bool = True,
+         kc_first: int | None = None) -> Plan | None:
     """The tiling for these sizes, or ``None`` when the kernel does not fit them.
 
     The grid ``num_dirs * (hidden / bh) * (batch / bb)`` must not exceed ``num_cores`` (the
     barrier needs every block resident), and a block's accumulators must fit in registers.
     With ``split_batch`` the batch is split over blocks while the grid still fits, so that
     more of the GPU works on each step. ``warps`` per block: 4, or 8 for large tiles,
-    unless given. ``resident`` and ``scatter`` (see :class:`Plan`) hold where asked for
-    and where they fit: ``resident`` where a block's weights, ``itemsize`` bytes each,
-    take at most ``min(shared_bytes, SHARED_BYTES)``, ``scatter`` where they are
-    resident and its share of the product takes at most 64 registers a thread.
+    unless given. ``resident``, ``scatter`` and ``loads_first`` (see :class:`Plan`) hold
+    where asked for and where they fit: ``resident`` where a block's weights, ``itemsize``
+    bytes each, take at most ``min(shared_bytes, SHARED_BYTES)``; ``scatter`` where they
+    are resident and its share of the product takes at most 64 registers a thread;
+    ``loads_first`` where they are resident (the chunks unrolled) and ``h (bb, H)`` takes
+    at most 64 registers a thread.
+    ``kc_first``: the rows of a matmul chunk (a power of two; ``None``: ``hidden``) where
+    ``loads_first`` holds; elsewhere they depend on ``bb``.
     """
     if hidden % MIN_BLOCK:
         return None
@@ -114,24 +126,35 @@ def plan(kind: str, num_dirs: int, batch: int, hidden: int, num_cores: int,
         bb //= 2
     if bb * GATES[kind] * bh > 16384:  # floats of gate accumulators per block
         return None
-    kc = max(MIN_BLOCK, min(64, 8192 // bb))
-    while hidden % kc:
-        kc //= 2
     resident = resident and 4 * bh * hidden * itemsize <= min(shared_bytes, SHARED_BYTES)
     warps = warps or (4 if bb * bh <= 1024 else 8)
     # (bb, H) in 64 registers a thread, the rows of w on chip (streamed, they spill: 152 B)
-    scatter = scatter and resident and bb * hidden <= 64 * 32 * warps
-    return Plan(bh, bb, kc, padded, warps, resident, scatter)
+    in_registers = bb * hidden <= 64 * 32 * warps
+    scatter = scatter and resident and in_registers
+    loads_first = loads_first and resident and in_registers
+    kc = (kc_first or hidden) if loads_first else max(MIN_BLOCK, min(64, 8192 // bb))
+    kc = min(kc, hidden)
+    while hidden % kc:
+        kc //= 2
+    return Plan(bh, bb, kc, padded, warps, resident, scatter, loads_first)
+
+
+FLAGS = 32  # the first column of a barrier's arrivals in its row of the sync buffer
 
 
 class _Sync:
-    """The grid barrier of the blocks of one direction and batch tile (row ``d`` of
-    ``ref``): an arrival counter in ``ref[d, 0]`` that grows by ``nblk`` per step, and in
-    ``ref[d, 1]`` the number of barriers that gave up waiting."""
+    """The grid barrier of the ``nblk`` blocks of one direction and batch tile: row ``r``
+    of ``ref``. ``ref[r, 0]`` counts the barriers that gave up waiting; ``ref[r, FLAGS +
+    j]`` is the number of barriers block ``j`` has reached (a sequence number: nothing is
+    reset). A block raises its own flag, then polls every block's flag with one vector
+    load (a warp-wide minimum, no shared memory) until none is behind. On an H200 this
+    took a forward step at B16 H512 from 7.1 µs to 5.3 µs, against a counter that every
+    block incremented and polled with atomics (benchmarks/results/gpu_step.md)."""
 
     def __init__(self, ref, d, nblk, interpret):
         self.ref, self.nblk, self.interpret = ref, nblk, interpret
-        self.d = d * pl.num_programs(2) + pl.program_id(2)  # a counter per batch tile
+        self.row = d * pl.num_programs(2) + pl.program_id(2)  # a row per batch tile
+        self.flag = FLAGS + pl.program_id(1)  # this block's column (read outside any cond)
         # traced rather than literal: interpret mode cannot discharge constants in a loop
         self.zero = d * 0
         self.one = self.zero + 1
@@ -139,27 +162,34 @@ class _Sync:
     def wait(self, passed, alive):
         """Barrier number ``passed`` (0-based) of this call; ``alive`` is false once a wait has
         timed out, after which the block stops waiting (its results are then wrong, and the
-        count in ``ref[d, 1]`` says so) rather than hang the GPU. Returns the new ``alive``."""
+        count in ``ref[r, 0]`` says so) rather than hang the GPU. Returns the new ``alive``."""
         if not self.interpret:
             plt.debug_barrier()  # every thread's stores precede the arrival
-        arrived = plt.atomic_add(self.ref, (self.d, self.zero), self.one) + 1
-        target = (passed + 1) * self.nblk
+        target = passed + 1
+        # the atomic publishes this block's stores before its flag (release); the flag only
+        # grows, so max sets it (and, unlike an exchange, runs in interpret mode); its
+        # result is not read, so the block does not wait for it
+        plt.atomic_max(self.ref, (self.row, self.flag), target)
+        width = _pow2_at_least(self.nblk)  # columns past nblk hold a large number
+
+        def count():  # how many barriers every block has reached
+            return jnp.min(_load(self.ref.at[self.row, pl.ds(FLAGS, width)], self.interpret))
 
         def poll(state):
             _, spins = state
-            return plt.atomic_add(self.ref, (self.d, self.zero), self.zero), spins + 1
+            return count(), spins + 1
 
         def waiting(state):
-            count, spins = state
-            return (count < target) & (spins < SPIN_LIMIT) & alive
+            seen, spins = state
+            return (seen < target) & (spins < SPIN_LIMIT) & alive
 
-        count, _ = jax.lax.while_loop(waiting, poll, (arrived, self.zero))
-        return alive & (count >= target)
+        seen, _ = jax.lax.while_loop(waiting, poll, poll((self.zero, self.zero)))
+        return alive & (seen >= target)
 
     def report(self, alive):
         @pl.when(jnp.logical_not(alive))
         def _():
-            plt.atomic_add(self.ref, (self.d, self.one), self.one)
+            plt.atomic_add(self.ref, (self.row, self.zero), self.one)
 
 
 def _load(ref, interpret):
@@ -174,13 +204,15 @@ def _dot(a, b, dtype, precision):
     return jnp.dot(a, b, precision=precision, preferred_element_type=jnp.float32)
 
 
-def _accumulate(n, load, fn, init, resident):
+def _accumulate(n, load, fn, init, resident, loads_first=False):
     """``fn(k, acc, load(k))`` for ``k < n``: a loop when long (unless the weights are held
-    in unrolled chunks, ``resident``), otherwise unrolled in Python."""
+    in unrolled chunks, ``resident``), otherwise unrolled in Python; with ``loads_first``
+    (unrolled only) every ``load(k)`` comes before the first ``fn``."""
     if n > 16 and not resident:
         return jax.lax.fori_loop(0, n, lambda k, acc: fn(k, acc, load(k)), init)
+    loaded = [load(k) for k in range(n)] if loads_first else None
     for k in range(n):
-        init = fn(k, init, load(k))
+        init = fn(k, init, loaded[k] if loads_first else load(k))
     return init
 
 
@@ -208,7 +240,7 @@ def _forward_kernel(span_ref, len_ref, xp_ref, w_ref, bhn_ref, hin_ref, cin_ref,
     hbuf_ref, cbuf_ref, *acts_ref, sync_ref = outs
     G, H, bh, kc = GATES[kind], hidden, plan_.bh, plan_.kc
     d, j = pl.program_id(0), pl.program_id(1)
-    sync = _Sync(sync_ref, d, pl.num_programs(1), interpret)
+    sync = _Sync(sync_ref, d, hidden // bh, interpret)
     units = pl.ds(j * bh, bh)
     rb = pl.ds(pl.program_id(2) * plan_.bb, plan_.bb)  # this block's batch rows
     lengths = len_ref[rb]  # (bb,)
@@ -236,7 +268,7 @@ def _forward_kernel(span_ref, len_ref, xp_ref, w_ref, bhn_ref, hin_ref, cin_ref,
             return acc + _dot(h_k, weight(k, 0), dtype, precision)
 
         rec = _accumulate(H // kc, load, chunk, jnp.zeros((plan_.bb, 4 * bh), jnp.float32),
-                          plan_.resident)
+                          plan_.resident, plan_.loads_first)
         rec = jnp.split(rec, 4, axis=1)[:G]  # G x (bb, bh)
         valid = (t < lengths)[:, None]  # (bb, 1)
         if kind == "lstm":
@@ -278,7 +310,7 @@ def _backward_kernel(span_ref, len_ref, w_ref, acts_ref, hbuf_ref, cbuf_ref, dh_
     del min_ref, sin_ref, dpass_in_ref, dc_in_ref, pin_ref  # aliased to outputs
     G, H, bh, kc = GATES[kind], hidden, plan_.bh, plan_.kc
     d, j = pl.program_id(0), pl.program_id(1)
-    sync = _Sync(sync_ref, d, pl.num_programs(1), interpret)
+    sync = _Sync(sync_ref, d, hidden // bh, interpret)
     units = pl.ds(j * bh, bh)
     rb = pl.ds(pl.program_id(2) * plan_.bb, plan_.bb)
     lengths = len_ref[rb]
@@ -352,9 +384,15 @@ def _backward_kernel(span_ref, len_ref, w_ref, acts_ref, hbuf_ref, cbuf_ref, dh_
     sync.report(alive)
 
 
-def _sync_buffer(plan_, num_dirs):
-    """Zeroed counters, one 128-byte line per direction and batch tile."""
-    return jnp.zeros((num_dirs * (plan_.batch // plan_.bb), 32), jnp.int32)
+def _sync_buffer(plan_, num_dirs, hidden):
+    """The barriers' memory (:class:`_Sync`): a row per direction and batch tile, zeros but
+    for the flag columns past the blocks, which hold a number no step reaches."""
+    rows = num_dirs * (plan_.batch // plan_.bb)
+    blocks = hidden // plan_.bh
+    columns = FLAGS + _pow2_at_least(blocks)
+    unused = jnp.arange(columns) >= FLAGS + blocks  # (columns,)
+    return jnp.broadcast_to(jnp.where(unused, jnp.iinfo(jnp.int32).max, 0),
+                            (rows, columns)).astype(jnp.int32)
 
 
 def _launch(kernel, grid, outs, aliases, plan_, interpret, time, carried, stitched,
@@ -401,7 +439,7 @@ def fuse(w_t, bh):
 def forward(kind, plan_, lengths, xp, w_t, b_hn, h0, c0, *, dtype, precision, interpret,
             record=True):
     """Runs the forward kernel. Returns ``(hbuf, cbuf, acts, sync)`` (see the module doc);
-    ``sync[:, 1]`` counts barriers that timed out (nonzero: the results are wrong). Without
+    ``sync[:, 0]`` counts barriers that timed out (nonzero: the results are wrong). Without
     ``record`` (nothing to differentiate) ``acts`` is ``None`` and ``cbuf`` holds only the
     first and last states."""
     time, num_dirs, batch, _ = xp.shape
@@ -410,7 +448,7 @@ def forward(kind, plan_, lengths, xp, w_t, b_hn, h0, c0, *, dtype, precision, in
     f32 = jax.ShapeDtypeStruct
     hbuf = jnp.zeros((time + 1, num_dirs, batch, hidden), jnp.float32).at[0].set(h0)
     cbuf = jnp.zeros_like(hbuf).at[0].set(c0)
-    sync = _sync_buffer(plan_, num_dirs)
+    sync = _sync_buffer(plan_, num_dirs, hidden)
     acts = [f32((time, num_dirs, batch, 4 * hidden), jnp.float32)] if record else []
     outs = (f32(hbuf.shape, jnp.float32), f32(cbuf.shape, jnp.float32), *acts,
             f32(sync.shape, jnp.int32))
@@ -435,7 +473,7 @@ def backward(kind, plan_, lengths, w, acts, hbuf, cbuf, dh, dc_n, *, dtype, prec
     f32 = jax.ShapeDtypeStruct
     mbuf = jnp.zeros((time + 1, num_dirs, batch, GATES[kind] * hidden), jnp.float32)
     d_pass = jnp.zeros((num_dirs, batch, hidden), jnp.float32)
-    sync = _sync_buffer(plan_, num_dirs)
+    sync = _sync_buffer(plan_, num_dirs, hidden)
     # Plan.scatter: each block's (B, H) share of dm @ w_hh, two steps' worth (the barrier
     # between them keeps a slot from being written before all have read it); the blocks
     # padded to a power of two with rows of zeros

@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +44,23 @@ def init_network(key, kind: str, input_size: int, hidden: int, num_layers: int,
     if vocab is not None:
         params["embed"] = jax.random.normal(k_embed, (vocab, input_size)) / np.sqrt(input_size)
     return params
+
+
+class Network(NamedTuple):
+    """The network of a task: a ``kind`` layer with a linear head, and with ``vocab`` an
+    embedding of integer codes; :func:`init_network`'s arguments after the key."""
+
+    kind: str
+    input_size: int
+    hidden: int
+    num_layers: int
+    bidirectional: bool
+    out_features: int
+    vocab: int | None = None
+
+    def init(self, key: jax.Array) -> dict:
+        """Freshly initialised params (see :func:`init_network`)."""
+        return init_network(key, *self)
 
 
 def encode(kind: str, params: dict, x, seq_lengths=None):
@@ -125,15 +143,6 @@ def check_writable(out: str | os.PathLike) -> Path:
     return out
 
 
-def save_checkpoint(params, directory: Path) -> Path:
-    """Writes ``params`` with orbax under ``directory``, replacing an earlier checkpoint;
-    :func:`recurrent.checkpoint.restore` reads it back."""
-    from recurrent import checkpoint
-
-    checkpoint.save(directory, params, overwrite=True)
-    return directory
-
-
 def save_loss_curve(losses: np.ndarray, path: Path, title: str) -> Path:
     """Plots the training loss per step (and its moving average) to the PNG ``path``."""
     fig, ax = figure()
@@ -164,3 +173,8 @@ def save_figure(fig, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+__all__ = [
+    "LAYERS", "Network", "check_writable", "encode", "figure", "fit", "head", "init_network",
+    "UsageError", "save_figure", "save_loss_curve", "shuffled",
+]
