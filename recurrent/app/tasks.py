@@ -52,7 +52,7 @@ def _steps(args, train_size: int) -> int:
 
 
 def _check_length(length: int, most: int, what: str) -> None:
-    """:class:`recurrent.train.UsageError` unless ``--length`` is at most ``most``, the
+    """:class:`recurrent.app.train.UsageError` unless ``--length`` is at most ``most``, the
     longest window that ``what`` (named in the message) leaves room for."""
     if length > most:
         raise train.UsageError(f"--length {length} is too long for {what}: at most {most}")
