@@ -30,7 +30,8 @@ def _torch_key(name: str, layer: int, direction: int) -> str:
 
 
 def _as_numpy_dict(fn: str, source) -> dict[str, np.ndarray]:
-    """A module's or a state dict's tensors (torch or NumPy) as NumPy arrays."""
+    """A module's or a state dict's tensors (torch or NumPy) as NumPy arrays; a torch
+    bfloat16 tensor (which NumPy has no dtype for) as ``ml_dtypes``' bfloat16, exactly."""
     if callable(getattr(source, "state_dict", None)):
         source = source.state_dict()
     if not isinstance(source, Mapping):
@@ -39,7 +40,9 @@ def _as_numpy_dict(fn: str, source) -> dict[str, np.ndarray]:
     out = {}
     for k, v in source.items():
         if hasattr(v, "detach"):  # a torch tensor
-            v = v.detach().cpu().numpy()
+            v = v.detach().cpu()
+            bf16 = str(v.dtype) == "torch.bfloat16"
+            v = v.float().numpy().astype(jnp.bfloat16) if bf16 else v.numpy()
         out[k] = np.asarray(v)
     return out
 

@@ -37,7 +37,7 @@ from recurrent.minimal import (
     parallel_unroll,
 )
 from recurrent.regularize import Regularization, regularized_unroll
-from recurrent.unroll import carry_dtype, unroll
+from recurrent.unroll import carry_dtype, scan_unroll
 
 #: One direction of one layer: the params of its cell.
 CellParams = LSTMParams | GRUParams | RNNParams | MinGRUParams | MinLSTMParams
@@ -54,9 +54,9 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 # whole layers through recurrent.fast (or the GPU kernel) instead, for cells with
 # ``recurrence``.
 _UNROLLS = {
-    "auto": unroll,
-    "fast": unroll,
-    "reference": unroll,
+    "auto": scan_unroll,
+    "fast": scan_unroll,
+    "reference": scan_unroll,
     "deer": partial(deer_unroll, jacobian="full"),
     "quasi_deer": partial(deer_unroll, jacobian="diagonal"),
     "parallel": parallel_unroll,
@@ -72,13 +72,16 @@ def default_unroll() -> int:
     return 8 if jax.default_backend() == "gpu" else 1
 
 
-def _init_stack(fn: str, cell: Cell, key, input_size, hidden_size, num_layers,
-                bidirectional, output_size=None):
-    """``num_layers`` x directions params of ``cell``; layer ``l > 0`` reads ``D * H`` features
-    (``D * output_size`` when the cell's output is not ``H`` wide)."""
+def _init_stack(fn: str, make_cell: Callable[[], Cell], key, input_size, hidden_size,
+                num_layers, bidirectional, output_size=None):
+    """``num_layers`` x directions params of the cell ``make_cell()``, built once the sizes
+    are checked; layer ``l > 0`` reads ``D * H`` features (``D * output_size`` when the
+    cell's output is not ``H`` wide)."""
     for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
                         ("num_layers", num_layers)):
         checks.check_size(f"init_{fn}", name, value)
+    checks.check_flag(f"init_{fn}", "bidirectional", bidirectional)
+    cell = make_cell()
     num_dirs = 2 if bidirectional else 1
     keys = jax.random.split(key, num_layers * num_dirs)
     return tuple(
@@ -103,11 +106,14 @@ def _run_stack(fn: str, make_cell: Callable[..., Cell], params, x, seq_lengths,
                          f"got {impl!r}")
     checks.check_size(fn, "unroll", unroll_steps, optional=True)
     checks.check_size(fn, "remat_chunk", remat_chunk, optional=True)
+    checks.check_flag(fn, "batch_first", batch_first)
+    checks.check_flag(fn, "return_activations", return_activations)
+    checks.check_dtype(fn, dtype)
     if unroll_steps is None:
         unroll_steps = default_unroll()
     probe = make_cell(1)
     sizes = checks.check_stack(fn, params, probe.params_type, probe.gates)
-    batch, _ = checks.check_input(fn, x, sizes, batch_first)
+    batch, time = checks.check_input(fn, x, sizes, batch_first)
     checks.check_seq_lengths(fn, seq_lengths, batch)
     if reg is not None:
         reg.check(fn, key)
@@ -115,6 +121,8 @@ def _run_stack(fn: str, make_cell: Callable[..., Cell], params, x, seq_lengths,
             checks.check_rate(fn, dropout)
             dropout = 0.0
     impl = _scan_impl(fn, impl, reg, return_activations)
+    if not batch or not time:  # one path for empty inputs, whatever the impl: the scan's
+        impl = "reference"
     checks.check_dropout(fn, dropout, key)
     initial_state = _broadcast_state(initial_state, batch)
     num_dirs = sizes.num_directions
@@ -294,7 +302,9 @@ _LAYER_DOC = """
       seq_lengths: ``(batch,)`` integer valid lengths (right padding), like a packed
         sequence in torch: outputs past a length are zero, the final state is the state at
         the last valid step, and the backward direction starts at each sequence's own last
-        valid step. Clipped to ``[0, time]`` at run time. ``None``: all steps are valid.
+        valid step. Clipped to ``[0, time]`` at run time (in any integer dtype, without
+        wrapping). Padded steps are zeroed before anything reads them, so their values,
+        NaN or inf included, change no output or gradient. ``None``: all steps are valid.
       initial_state: {state_in}; zeros when ``None``. Arrays of shape ``(num_layers *
         num_directions, hidden_size)`` or ``(num_layers * num_directions, 1,
         hidden_size)`` are one state for every sequence, broadcast over the batch: pass
@@ -405,7 +415,7 @@ def init_lstm(key: jax.Array, input_size: int, hidden_size: int, num_layers: int
     num_layers``; layer 0 reads ``input_size`` features, later layers ``num_directions *
     hidden_size`` (``num_directions * proj_size`` with a projection, as torch).
     """
-    return _init_stack("lstm", lstm_cell(hidden_size, **cell_options), key, input_size,
+    return _init_stack("lstm", lambda: lstm_cell(hidden_size, **cell_options), key, input_size,
                        hidden_size, num_layers, bidirectional, cell_options.get("proj_size"))
 
 
@@ -417,7 +427,7 @@ def init_gru(key: jax.Array, input_size: int, hidden_size: int, num_layers: int 
     params are the same for both GRU forms; choose the form with ``gru(...,
     reset_after=...)``.
     """
-    return _init_stack("gru", gru_cell(hidden_size, **cell_options), key, input_size,
+    return _init_stack("gru", lambda: gru_cell(hidden_size, **cell_options), key, input_size,
                        hidden_size, num_layers, bidirectional)
 
 
@@ -428,7 +438,7 @@ def init_rnn(key: jax.Array, input_size: int, hidden_size: int, num_layers: int 
     ``cell_options`` go to :func:`recurrent.cells.rnn_cell` (its ``nonlinearity`` does not
     change the params; choose it with ``rnn(..., nonlinearity=...)``).
     """
-    return _init_stack("rnn", rnn_cell(hidden_size, **cell_options), key, input_size,
+    return _init_stack("rnn", lambda: rnn_cell(hidden_size, **cell_options), key, input_size,
                        hidden_size, num_layers, bidirectional)
 
 
@@ -592,7 +602,7 @@ def init_mingru(key: jax.Array, input_size: int, hidden_size: int, num_layers: i
     """Params of a stacked (bidirectional) minGRU (Feng et al. 2024): a tuple per layer of
     ``MinGRUParams(w_ih (2H, I), b_ih (2H,))`` per direction. ``cell_options`` go to
     :func:`recurrent.minimal.mingru_cell`."""
-    return _init_stack("mingru", mingru_cell(hidden_size, **cell_options), key, input_size,
+    return _init_stack("mingru", lambda: mingru_cell(hidden_size, **cell_options), key, input_size,
                        hidden_size, num_layers, bidirectional)
 
 
@@ -600,8 +610,8 @@ def init_minlstm(key: jax.Array, input_size: int, hidden_size: int, num_layers: 
                  bidirectional: bool = False, **cell_options: Any) -> Params:
     """Params of a stacked (bidirectional) minLSTM (Feng et al. 2024): a tuple per layer of
     ``MinLSTMParams(w_ih (3H, I), b_ih (3H,))`` per direction."""
-    return _init_stack("minlstm", minlstm_cell(hidden_size, **cell_options), key, input_size,
-                       hidden_size, num_layers, bidirectional)
+    return _init_stack("minlstm", lambda: minlstm_cell(hidden_size, **cell_options), key,
+                       input_size, hidden_size, num_layers, bidirectional)
 
 
 @_document("mingru", *_H_STATE, impl_doc=_LINEAR_IMPL_DOC)

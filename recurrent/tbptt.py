@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from recurrent import checks
+from recurrent.framing import clip_lengths
 from recurrent.layers import Params
 
 
@@ -57,11 +58,13 @@ def truncated_bptt(layer: Callable[..., tuple[Any, ...]], params: Params, x: jax
     if layer_options.get("return_activations"):
         raise ValueError(f"{name}: return_activations is not supported; call the layer "
                          f"itself for per-step gates and states")
+    checks.check_seq_lengths(name, seq_lengths, x.shape[0])
     time = x.shape[1]
     num_full = time // chunk
+    stream_lengths = None if seq_lengths is None else clip_lengths(seq_lengths, time)
 
     def run(state, x_chunk, start, index):
-        lengths = None if seq_lengths is None else jnp.clip(seq_lengths - start, 0,
+        lengths = None if seq_lengths is None else jnp.clip(stream_lengths - start, 0,
                                                             x_chunk.shape[1])
         chunk_key = None if key is None else jax.random.fold_in(key, index)
         state = None if state is None else jax.lax.stop_gradient(state)

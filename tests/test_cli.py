@@ -5,7 +5,9 @@ one line and exit code 2."""
 import re
 import subprocess
 import sys
+import time
 
+import numpy as np
 import pytest
 
 import recurrent
@@ -71,7 +73,10 @@ def test_every_dataset_reports_its_metric(capsys, tmp_path, argv, metric, files)
     (["--hidden", "-3"], "--hidden must be a positive integer, got -3"),
     (["--layers", "0"], "--layers must be a positive integer, got 0"),
     (["--steps", "-1"], "--steps must be a positive integer"),
-    (["--lr", "0"], "--lr must be positive"),
+    (["--lr", "0"], "--lr must be a positive finite number"),
+    (["--lr", "inf"], "--lr must be a positive finite number, got inf"),
+    (["--lr", "nan"], "--lr must be a positive finite number, got nan"),
+    (["--seed", "-1"], "--seed must be in [0, 2**32), got -1"),
     (["--dataset", "adding", "--length", "1"], "--length must be at least 2"),
     (["--dataset", "pysource", "--bidirectional"], "--bidirectional does not apply"),
     (["--epochs", "two"], "invalid int value: 'two'"),
@@ -79,6 +84,40 @@ def test_every_dataset_reports_its_metric(capsys, tmp_path, argv, metric, files)
 ])
 def test_bad_arguments_end_in_one_line(capsys, argv, message):
     assert message in _error(capsys, "train", *argv)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch-size", "100000"], "--batch-size 100000 is larger than the training set "
+                                 "(1438 examples)"),
+    (["--dataset", "co2", "--length", "1000"], "--length 1000 is too long for the co2"),
+    (["--dataset", "co2", "--length", "420"], "--batch-size 32 is larger than the training "
+                                              "set (1 examples)"),
+    (["--dataset", "pysource", "--length", "10000000"], "--length 10000000 is too long"),
+])
+def test_sizes_the_data_cannot_serve_end_in_one_line_before_training(capsys, tmp_path, argv,
+                                                                     message):
+    """These hung (no batch was ever drawn) or ended in a traceback."""
+    start = time.monotonic()
+    assert message in _error(capsys, "train", *argv, "--steps", "2", "--out", str(tmp_path))
+    assert time.monotonic() - start < 60  # loading the data; nothing is trained
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_diverged_run_ends_in_one_line_and_saves_nothing(capsys, monkeypatch, tmp_path):
+    from recurrent.app import tasks
+
+    def nan_task(args, out, params=None):
+        return tasks.Result(None, {"w": np.full(3, np.nan)}, np.array([1.0, np.inf, np.nan]),
+                            [], ["test accuracy: 0.100"])
+
+    monkeypatch.setitem(cli.TASKS, "digits", cli.TASKS["digits"]._replace(run=nan_task))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--out", str(tmp_path)])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["python -m recurrent train: training diverged: the loss is inf from step 2; "
+                   "try a smaller --lr (nothing saved)"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unwritable_out_ends_in_one_line(capsys, tmp_path):

@@ -8,7 +8,10 @@
 from __future__ import annotations
 
 import argparse
+import math
 import time
+
+import numpy as np
 
 import recurrent
 from recurrent.app import runs
@@ -93,8 +96,10 @@ def _check_train_args(args) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-    if not args.lr > 0:
-        parser.error(f"--lr must be positive, got {args.lr}")
+    if not (args.lr > 0 and math.isfinite(args.lr)):
+        parser.error(f"--lr must be a positive finite number, got {args.lr}")
+    if not 0 <= args.seed < 2**32:
+        parser.error(f"--seed must be in [0, 2**32), got {args.seed}")
     if args.dataset == "pysource" and args.bidirectional:
         parser.error("--bidirectional does not apply to pysource: a language model must not "
                      "see the characters it predicts")
@@ -108,9 +113,19 @@ def _check_train_args(args) -> None:
 
 
 def train(args) -> list[str]:
-    """Runs ``args.dataset``'s task and saves its outputs; returns the lines to print."""
+    """Runs ``args.dataset``'s task and saves its outputs; returns the lines to print. A
+    size the data cannot serve is a one-line error (exit code 2), and a loss that became
+    NaN or inf another (exit code 1), before anything is saved."""
     start = time.perf_counter()
-    result = TASKS[args.dataset].run(args, args.out)
+    try:
+        result = TASKS[args.dataset].run(args, args.out)
+    except training.UsageError as e:
+        args.parser.error(str(e))
+    bad = np.flatnonzero(~np.isfinite(result.losses))
+    if bad.size:
+        args.parser.exit(1, f"{args.parser.prog}: training diverged: the loss is "
+                            f"{result.losses[bad[0]]} from step {bad[0] + 1}; try a smaller "
+                            f"--lr (nothing saved)\n")
     files = [training.save_loss_curve(result.losses, args.out / "loss.png",
                                       f"{args.model} on {args.dataset}"), *result.plots,
              *runs.save_run(args.out, args, result.network, result.params)]

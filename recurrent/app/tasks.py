@@ -51,6 +51,13 @@ def _steps(args, train_size: int) -> int:
     return args.steps or args.epochs * max(1, train_size // args.batch_size)
 
 
+def _check_length(length: int, most: int, what: str) -> None:
+    """:class:`recurrent.app.train.UsageError` unless ``--length`` is at most ``most``, the
+    longest window that ``what`` (named in the message) leaves room for."""
+    if length > most:
+        raise train.UsageError(f"--length {length} is too long for {what}: at most {most}")
+
+
 def _desc(args) -> str:
     bi = "bidirectional " if args.bidirectional else ""
     return f"{bi}{args.model} x{args.layers} on {args.dataset}"
@@ -111,6 +118,8 @@ def co2(args, out: Path, params: dict | None = None) -> Result:
     series = data.co2()
     values, years = series.values, series.years
     n_test = len(values) // 5
+    _check_length(args.length, len(values) - n_test - 1, f"the co2 series' {len(values)} "
+                  f"months less the {n_test} test months")
     x, y = data.windows(values, args.length)  # (n, length), (n,)
     last = x[:, -1:]  # (n, 1)
     scale = float(np.std(np.diff(values[:-n_test])))
@@ -151,6 +160,8 @@ def pysource(args, out: Path, params: dict | None = None) -> Result:
     codes = data.python_source(max_chars=1_000_000)
     split = len(codes) * 9 // 10
     train_codes, test_codes = codes[:split], codes[split:]
+    _check_length(args.length, len(test_codes) - 1, f"the {len(test_codes)} characters of "
+                  f"test text")
     length, embed = args.length, 32
     network = train.Network(args.model, embed, args.hidden, args.layers, False,
                             out_features=data.VOCAB, vocab=data.VOCAB)

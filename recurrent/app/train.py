@@ -82,14 +82,28 @@ def head(params: dict, features):
     return features @ params["head"] + params["bias"]
 
 
+class UsageError(ValueError):
+    """An option of the command line that the data cannot serve (e.g. a batch larger than
+    the training set); the message names the option. Raised before training starts."""
+
+
 def shuffled(rng: np.random.Generator, batch_size: int, *arrays) -> Iterator[tuple]:
-    """Endless minibatches of ``arrays`` (all of the same length), reshuffled every epoch."""
+    """Endless minibatches of ``arrays`` (all of the same length), reshuffled every epoch;
+    :class:`UsageError` at once if they hold less than one batch (the loop would never
+    yield)."""
     n = len(arrays[0])
-    while True:
-        order = rng.permutation(n)
-        for s in range(n // batch_size):
-            idx = order[s * batch_size:(s + 1) * batch_size]
-            yield tuple(a[idx] for a in arrays)
+    if n < batch_size:
+        raise UsageError(f"--batch-size {batch_size} is larger than the training set "
+                         f"({n} examples)")
+
+    def batches():
+        while True:
+            order = rng.permutation(n)
+            for s in range(n // batch_size):
+                idx = order[s * batch_size:(s + 1) * batch_size]
+                yield tuple(a[idx] for a in arrays)
+
+    return batches()
 
 
 def fit(loss_fn: Callable, params, batches: Iterator[tuple], steps: int, lr: float,
@@ -162,5 +176,5 @@ def save_figure(fig, path: Path) -> Path:
 
 __all__ = [
     "LAYERS", "Network", "check_writable", "encode", "figure", "fit", "head", "init_network",
-    "save_figure", "save_loss_curve", "shuffled",
+    "UsageError", "save_figure", "save_loss_curve", "shuffled",
 ]
