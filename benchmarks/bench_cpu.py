@@ -13,8 +13,7 @@ recurrent / torch and recurrent / flax (below 1: recurrent is faster). It then r
 the compiled peak memory of one training step at ``T = 4096`` with and without
 ``remat_chunk``, and, for each row, the time recurrent and flax spend inside matmul kernels
 (from a ``jax.profiler`` trace) next to the goals. Everything is written to
-``benchmarks/results/cpu.md`` with the machine and versions. ``main(argv)`` is the entry
-point for ``python -m recurrent bench``.
+``benchmarks/results/cpu.md`` with the machine and versions.
 """
 
 from __future__ import annotations

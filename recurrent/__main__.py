@@ -1,152 +1,18 @@
-"""python -m recurrent: train on a dataset that ships offline, or run the benchmarks.
+"""``python -m recurrent``: the command line of :mod:`recurrent.app`, which needs the
+``examples`` extra; without it, one line says which to install."""
 
-    python -m recurrent train                       # LSTM on digits, < 1 minute on 2 cores
-    python -m recurrent train --dataset co2 --model gru
-    python -m recurrent bench
-"""
-
-from __future__ import annotations
-
-import argparse
-import importlib.util
 import sys
-import time
-from pathlib import Path
 
-from recurrent import train as training
-from recurrent.tasks import TASKS
-
-_BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_cpu.py"
-
-
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line on stderr (and exit code 2)."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _defaults_table() -> str:
-    rows = [f"  {name:9s} {task.help}\n{'':12s}defaults: --hidden {task.hidden} --epochs "
-            f"{task.epochs} --batch-size {task.batch_size} --lr {task.lr:g}"
-            + (f" --length {task.length}" if task.length else "")
-            for name, task in TASKS.items()]
-    return "datasets (all ship with a dependency or with Python; nothing is downloaded):\n" + \
-        "\n".join(rows)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m recurrent", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser(
-        "train", help="train a network on a dataset and report its test metric",
-        description="Trains a recurrent network, shows a progress bar with the running loss\n"
-                    "on stderr and prints the test metric as the last line. Writes the loss\n"
-                    "curve (loss.png), any other plot and the final params (an orbax\n"
-                    "checkpoint in checkpoint/) under --out.",
-        epilog=_defaults_table(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    train.add_argument("--dataset", choices=list(TASKS), default="digits",
-                       help="what to learn (default digits; see below)")
-    train.add_argument("--model", choices=list(training.LAYERS), default="lstm",
-                       help="the recurrent layer (default lstm; rnn is a tanh RNN; mingru and "
-                            "minlstm run in parallel over time)")
-    train.add_argument("--bidirectional", action="store_true",
-                       help="run a backward direction too (not for pysource)")
-    train.add_argument("--layers", type=int, default=1, help="stacked layers (default 1)")
-    train.add_argument("--hidden", type=int, help="hidden size (default: the dataset's)")
-    train.add_argument("--epochs", type=int, help="passes over the training set")
-    train.add_argument("--steps", type=int,
-                       help="optimizer steps; overrides --epochs (e.g. --steps 20 to try a "
-                            "dataset quickly)")
-    train.add_argument("--batch-size", type=int, help="sequences per step")
-    train.add_argument("--lr", type=float,
-                       help="peak Adam learning rate; it decays to a tenth on a cosine")
-    train.add_argument("--length", type=int,
-                       help="sequence length: co2's input window in months, pysource's "
-                            "training window in characters, the adding problem's T "
-                            "(digits are always 8 rows)")
-    train.add_argument("--seed", type=int, default=0, help="seeds data order and init")
-    train.add_argument("--out", default="runs",
-                       help="directory for loss.png, plots and checkpoint/ (default runs)")
-    train.set_defaults(parser=train)
-    # Every argument after "bench", --help included, goes to benchmarks/bench_cpu.py.
-    sub.add_parser("bench", add_help=False,
-                   help="time recurrent against flax and torch on this machine: runs "
-                        "benchmarks/bench_cpu.py from a source checkout, passing it the "
-                        "arguments that follow")
-    return parser
-
-
-def _check_train_args(args) -> None:
-    """Fills in the dataset's defaults and rejects bad values with a one-line error and
-    exit code 2."""
-    parser = args.parser
-    task = TASKS[args.dataset]
-    if task.length is None and args.length is not None:
-        parser.error(f"--length does not apply to {args.dataset}")
-    for name in ("hidden", "epochs", "batch_size", "lr", "length"):
-        if getattr(args, name) is None:
-            setattr(args, name, getattr(task, name))
-    for name in ("hidden", "layers", "epochs", "steps", "batch_size", "length"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-    if not args.lr > 0:
-        parser.error(f"--lr must be positive, got {args.lr}")
-    if args.dataset == "pysource" and args.bidirectional:
-        parser.error("--bidirectional does not apply to pysource: a language model must not "
-                     "see the characters it predicts")
-    if args.dataset == "adding" and args.length < 2:
-        parser.error(f"--length must be at least 2 for the adding problem, got {args.length}")
-    try:
-        args.out = training.check_writable(args.out)
-    except OSError as e:
-        parser.error(f"--out {args.out} is not a writable directory: "
-                     f"{e.strerror or e}")
-
-
-def train(args) -> list[str]:
-    """Runs ``args.dataset``'s task and saves its outputs; returns the lines to print."""
-    start = time.perf_counter()
-    result = TASKS[args.dataset].run(args, args.out)
-    files = [training.save_loss_curve(result.losses, args.out / "loss.png",
-                                      f"{args.model} on {args.dataset}"), *result.plots,
-             training.save_checkpoint(result.params, args.out / "checkpoint")]
-    return [*(f"wrote {f}" for f in files),
-            f"trained {len(result.losses)} steps and tested in "
-            f"{time.perf_counter() - start:.1f} s",
-            *result.lines]
-
-
-def bench(parser: argparse.ArgumentParser, argv: list[str]) -> int:
-    """Runs ``benchmarks/bench_cpu.py``'s ``main(argv)``; exit code 2 if the script or
-    what it imports is missing."""
-    if not _BENCH.exists():
-        parser.error(f"bench needs {_BENCH} from a source checkout of recurrent")
-    sys.path.insert(0, str(_BENCH.parent))  # for the scripts' shared benchmarks/common.py
-    spec = importlib.util.spec_from_file_location("bench_cpu", _BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses (flax modules) look their module up
-    try:
-        spec.loader.exec_module(module)
-    except ImportError as e:  # torch, the yardstick, is a test dependency
-        parser.error(f"bench needs {e.name or e}: pip install -e '.[test]'")
-    return module.main(argv) or 0
-
-
-def main(argv=None) -> int:
-    parser = _parser()
-    args, rest = parser.parse_known_args(argv)
-    if args.command == "bench":
-        return bench(parser, rest)
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    _check_train_args(args)
-    for line in train(args):
-        print(line, flush=True)
-    return 0
-
+# The packages only the application needs (the ``examples`` extra of pyproject.toml).
+_EXAMPLES = ("matplotlib", "sklearn", "statsmodels", "tqdm")
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        from recurrent.app.cli import main
+
+        sys.exit(main())
+    except ModuleNotFoundError as e:
+        if (e.name or "").partition(".")[0] not in _EXAMPLES:
+            raise
+        sys.exit(f"python -m recurrent needs {e.name}, which comes with the examples extra: "
+                 f'pip install "jax-recurrent[examples]"')

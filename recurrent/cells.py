@@ -151,6 +151,14 @@ def _matmul(x: Array, w: Array, dtype) -> Array:
     return out
 
 
+def _check_cell(fn: str, hidden_size, bias, dtype) -> None:
+    """The arguments every cell shares: a positive int ``hidden_size`` (checked before any
+    init scale divides by it), a bool ``bias`` and a floating or ``None`` ``dtype``."""
+    checks.check_size(fn, "hidden_size", hidden_size)
+    checks.check_flag(fn, "bias", bias)
+    checks.check_dtype(fn, dtype)
+
+
 def _make_init(params_type, gates, hidden_size, bias, dtype, kernel_init, recurrent_init,
                bias_init, recurrent_size=None):
     """Builds ``init(key, input_size)`` for a cell with ``gates`` blocks of ``hidden_size`` rows;
@@ -187,7 +195,13 @@ def _layer_norm(x, gain, shift=None):
 
 def _project(params, x, dtype, fold_b_hh, gain=None):
     """The input half of the gates for every leading index: ``(..., I) -> (..., G*H)``;
-    with ``gain``, ``x @ w_ih.T`` is layer-normalised before the biases are added."""
+    with ``gain``, ``x @ w_ih.T`` is layer-normalised before the biases are added.
+    ``ValueError`` where ``x``'s features are not ``w_ih``'s columns."""
+    w_shape, x_shape = getattr(params.w_ih, "shape", None), getattr(x, "shape", None)
+    if w_shape is None or len(w_shape) != 2 or not x_shape or x_shape[-1] != w_shape[1]:
+        raise ValueError(f"project: x of shape {x_shape} needs params.w_ih of shape "
+                         f"(G * hidden_size, {x_shape[-1] if x_shape else 'features'}); got "
+                         f"{w_shape}")
     xp = _matmul(x, params.w_ih, dtype)
     if gain is not None:
         xp = _layer_norm(xp, gain)
@@ -310,6 +324,7 @@ def lstm_cell(hidden_size: int, *, proj_size: int = 0, peephole: bool = False,
       dtype: dtype of the matmuls (e.g. ``jnp.bfloat16``; they accumulate in float32 and
         the gates and carry stay float32); ``None`` computes in the params' dtype.
     """
+    _check_cell("lstm_cell", hidden_size, bias, dtype)
     H = hidden_size
     checks.check_proj_size("lstm_cell", proj_size, H)
     checks.check_flag("lstm_cell", "peephole", peephole)
@@ -386,7 +401,9 @@ def gru_cell(hidden_size: int, *, reset_after: bool = True, layer_norm: bool = F
     :func:`lstm_cell`, with ``b_ih`` and ``b_hh`` as the shifts. ``gamma_ih``, ``gamma_hh``
     are ``(3H,)``, initialised to 1. Other arguments as in :func:`lstm_cell`.
     """
+    _check_cell("gru_cell", hidden_size, bias, dtype)
     H = hidden_size
+    checks.check_flag("gru_cell", "reset_after", reset_after)
     checks.check_flag("gru_cell", "layer_norm", layer_norm)
     base_init = _make_init(GRUParams, 3, H, bias, param_dtype, kernel_init, recurrent_init,
                            bias_init)
@@ -440,6 +457,7 @@ def rnn_cell(hidden_size: int, *, nonlinearity: str = "tanh", bias: bool = True,
 
     ``nonlinearity`` is ``"tanh"`` or ``"relu"``; other arguments as in :func:`lstm_cell`.
     """
+    _check_cell("rnn_cell", hidden_size, bias, dtype)
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
     init = _make_init(RNNParams, 1, hidden_size, bias, param_dtype, kernel_init,
@@ -455,3 +473,8 @@ def rnn_cell(hidden_size: int, *, nonlinearity: str = "tanh", bias: bool = True,
     activations, step = _cell_from(recurrence, ("h",), dtype)
     return Cell(init, project, step, _zeros_carry(hidden_size, pair=False), activations,
                 RNNParams, 1, recurrence, ("h",), dtype)
+
+__all__ = [
+    "Cell", "GRUParams", "LSTMParams", "RNNParams", "gru_cell", "lstm_cell", "rnn_cell",
+    "uniform_init",
+]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -26,10 +27,18 @@ def _shape(x):
 def check_stack(fn: str, params, params_type: type, gates: int) -> StackShape:
     """Checks that ``params`` is ``((cell_params,) * directions,) * layers`` of ``params_type``
     with consistent shapes, and returns the sizes read off them."""
+    return _check_layers(fn, params, params_type, gates, lambda l, d: f"params[{l}][{d}]",
+                         f"init_{fn}")
+
+
+def _check_layers(fn: str, params, params_type: type, gates: int, label,
+                  made_by: str) -> StackShape:
+    """:func:`check_stack`, naming the params of layer ``l``, direction ``d`` ``label(l, d)``
+    and the function that makes them ``made_by``."""
     if not isinstance(params, (tuple, list)) or not params or not all(
             isinstance(layer, (tuple, list)) for layer in params):
         raise TypeError(f"{fn}: params must be a tuple of layers, each a tuple of "
-                        f"{params_type.__name__} per direction (as made by init_{fn}); "
+                        f"{params_type.__name__} per direction (as made by {made_by}); "
                         f"got {type(params).__name__}")
     num_dirs = len(params[0])
     if num_dirs not in (1, 2):
@@ -40,21 +49,24 @@ def check_stack(fn: str, params, params_type: type, gates: int) -> StackShape:
                              f"has {num_dirs}")
         for d, p in enumerate(layer):
             if type(p) is not params_type:
-                raise TypeError(f"{fn}: params[{l}][{d}] is {type(p).__name__}; expected "
-                                f"{params_type.__name__} (as made by init_{fn})")
+                raise TypeError(f"{fn}: {label(l, d)} is {type(p).__name__}; expected "
+                                f"{params_type.__name__} (as made by {made_by})")
+            for name in ("w_ih", "w_hh"):
+                if name in p._fields and getattr(p, name) is None:
+                    raise ValueError(f"{fn}: {label(l, d)}.{name} is None; expected an array")
     first = params[0][0]
     w_ih = _shape(first.w_ih)
-    if w_ih is None or len(w_ih) != 2 or w_ih[0] % gates:
-        raise ValueError(f"{fn}: params[0][0].w_ih must be a ({gates} * hidden_size, "
-                         f"input_size) matrix; got shape {w_ih}")
+    if w_ih is None or len(w_ih) != 2 or w_ih[0] % gates or not w_ih[0]:
+        raise ValueError(f"{fn}: {label(0, 0)}.w_ih must be a ({gates} * hidden_size, "
+                         f"input_size) matrix with hidden_size >= 1; got shape {w_ih}")
     fields = params_type._fields
-    _check_same_fields(fn, params, fields)
+    _check_same_fields(fn, params, fields, label)
     input_size, rows = w_ih[1], w_ih[0]
     hidden = output = rows // gates
     if getattr(first, "w_hr", None) is not None:  # an LSTM projection: h is (batch, P)
         w_hr = _shape(first.w_hr)
         if w_hr is None or len(w_hr) != 2:
-            raise ValueError(f"{fn}: params[0][0].w_hr must be a (proj_size, hidden_size) "
+            raise ValueError(f"{fn}: {label(0, 0)}.w_hr must be a (proj_size, hidden_size) "
                              f"matrix; got shape {w_hr}")
         output = w_hr[0]
     for l, layer in enumerate(params):
@@ -67,12 +79,12 @@ def check_stack(fn: str, params, params_type: type, gates: int) -> StackShape:
             for name in fields:
                 got, shape = _shape(getattr(p, name)), want[name]
                 if getattr(p, name) is not None and (got is None or tuple(got) != shape):
-                    raise ValueError(f"{fn}: params[{l}][{d}].{name} has shape {got}; "
+                    raise ValueError(f"{fn}: {label(l, d)}.{name} has shape {got}; "
                                      f"expected {shape}")
     return StackShape(len(params), num_dirs, input_size, hidden, output)
 
 
-def _check_same_fields(fn: str, params, fields) -> None:
+def _check_same_fields(fn: str, params, fields, label) -> None:
     """Every layer and direction sets the same fields (bias and cell options) as
     ``params[0][0]``."""
     for l, layer in enumerate(params):
@@ -81,8 +93,8 @@ def _check_same_fields(fn: str, params, fields) -> None:
                 got, want = ("None" if getattr(q, name) is None else "set"
                              for q in (p, params[0][0]))
                 if got != want:
-                    raise ValueError(f"{fn}: params[{l}][{d}].{name} is {got} but "
-                                     f"params[0][0].{name} is {want}; every layer and "
+                    raise ValueError(f"{fn}: {label(l, d)}.{name} is {got} but "
+                                     f"{label(0, 0)}.{name} is {want}; every layer and "
                                      f"direction must have the same fields")
 
 
@@ -164,3 +176,47 @@ def check_proj_size(fn: str, proj_size, hidden_size) -> None:
             proj_size == 0 or 0 < proj_size < hidden_size):
         raise ValueError(f"{fn}: proj_size must be 0 (no projection) or an int in "
                          f"[1, hidden_size={hidden_size}); got {proj_size!r}")
+
+
+def check_dtype(fn: str, dtype) -> None:
+    """``dtype`` (of the matmuls) must be ``None`` or a floating dtype."""
+    if dtype is None:
+        return
+    try:
+        floating = jnp.issubdtype(jnp.dtype(dtype), jnp.floating)
+    except TypeError:
+        floating = False
+    if not floating:
+        raise TypeError(f"{fn}: dtype must be None or a floating dtype such as jnp.bfloat16; "
+                        f"got {dtype!r}")
+
+
+def check_cell_params(fn: str, cell, params) -> StackShape:
+    """``params`` must be one ``cell.params_type`` whose shapes fit ``cell``'s sizes;
+    returns the sizes read off them (one layer, one direction)."""
+    sizes = _check_layers(fn, ((params,),), cell.params_type, cell.gates, lambda l, d: "params",
+                          "cell.init")
+    widths = [leaf.shape[-1] for leaf in jax.tree.leaves(cell.initial_carry((1,)))]
+    if (widths[0], widths[-1]) != (sizes.output_size, sizes.hidden_size):
+        raise ValueError(f"{fn}: params are for hidden_size={sizes.hidden_size} (w_ih has "
+                         f"shape {tuple(params.w_ih.shape)}) but the cell was made for "
+                         f"hidden_size={widths[-1]}")
+    return sizes
+
+
+def check_unroll(fn: str, cell, params, xs, carry, seq_lengths, time_major) -> None:
+    """The arguments of one cell over time (:func:`recurrent.unroll.unroll` and its
+    parallel forms): params that fit ``cell``, ``xs`` of rank 3 with their input size,
+    ``seq_lengths`` of shape ``(batch,)`` and a carry shaped as ``cell.initial_carry``."""
+    check_flag(fn, "time_major", time_major)
+    sizes = check_cell_params(fn, cell, params)
+    batch, _ = check_input(fn, xs, sizes, batch_first=not time_major)
+    check_seq_lengths(fn, seq_lengths, batch)
+    if carry is None:
+        return
+    want = cell.initial_carry((batch,))
+    shapes = jax.tree.map(lambda a: tuple(a.shape), want)
+    got = jax.tree.map(_shape, carry)
+    if jax.tree.structure(got) != jax.tree.structure(shapes) or got != shapes:
+        raise ValueError(f"{fn}: carry has shapes {got}; expected {shapes} (as "
+                         f"cell.initial_carry(({batch},)))")

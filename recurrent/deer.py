@@ -35,9 +35,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from recurrent import checks
 from recurrent.cells import Cell, _plain_matmul, sigmoid_tanh
-from recurrent.unroll import project_time_major, reverse_index
-from recurrent.unroll import unroll as sequential_unroll
+from recurrent.framing import reverse_index
+from recurrent.unroll import project_time_major
+from recurrent.unroll import scan_unroll as sequential_unroll
 
 FULL_JACOBIAN_LIMIT = 2**28
 """Most ``time * batch * S**2`` Jacobian entries full DEER builds (1 GiB in float32; the
@@ -343,12 +345,20 @@ def deer_unroll(cell: Cell, params, xs, carry=None, *, seq_lengths=None,
         raise ValueError(f"deer_unroll: jacobian must be 'diagonal' or 'full'; got {jacobian!r}")
     if not 0 <= damping < 1:
         raise ValueError(f"deer_unroll: damping must be in [0, 1); got {damping!r}")
+    checks.check_unroll("deer_unroll", cell, params, xs, carry, seq_lengths, time_major)
     if not time_major:
         xs = jnp.swapaxes(xs, 0, 1)  # (batch, time, I) -> (time, batch, I)
-    xp, carry = project_time_major(cell, params, xs, carry, time_major=True)
-    time, batch = xp.shape[:2]
-    lengths = jnp.full((batch,), time) if seq_lengths is None else jnp.clip(seq_lengths, 0, time)
-    valid = jnp.arange(time)[:, None] < lengths[None, :]  # (time, batch)
+    time, batch = xs.shape[:2]
+    if not time or not batch:  # nothing to iterate over: the scan's empty result
+        final, ys = sequential_unroll(cell, params, xs, carry, seq_lengths=seq_lengths,
+                                      reverse=reverse, time_major=True)
+        ys = ys if time_major else jnp.swapaxes(ys, 0, 1)
+        info = dict(iterations=jnp.int32(0), error=jnp.float32(0), converged=jnp.bool_(True))
+        return (final, ys, info) if return_info else (final, ys)
+    xp, carry, lengths, valid = project_time_major(cell, params, xs, carry, True, seq_lengths)
+    if seq_lengths is None:
+        lengths = jnp.full((batch,), time, jnp.int32)
+        valid = jnp.ones((time, batch), bool)
     if reverse:
         idx = reverse_index(lengths, time)  # (time, batch)
         xp = jnp.take_along_axis(xp, idx[:, :, None], axis=0)
@@ -376,3 +386,5 @@ def deer_unroll(cell: Cell, params, xs, carry=None, *, seq_lengths=None,
     if return_info:
         return final, ys, dict(iterations=iterations, error=error, converged=converged)
     return final, ys
+
+__all__ = ["FULL_JACOBIAN_LIMIT", "deer_unroll"]

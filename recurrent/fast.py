@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from recurrent.cells import Cell
-from recurrent.unroll import reverse_index
+from recurrent.framing import frame, reverse_index
 from recurrent.vjp import layer_fn
 
 
@@ -47,18 +47,21 @@ def _over_directions(fn, num_dirs, in_axes, out_axes):
 
 
 def directions_in(xs, seq_lengths, num_dirs: int):
-    """Both directions' inputs in scan order: ``xs (T, batch, F)`` to ``(T, D, batch, F)``,
+    """Both directions' inputs in scan order: ``xs (T, batch, F)``, framed by
+    :func:`recurrent.framing.frame` (padded steps zeroed), to ``(T, D, batch, F)``,
     direction 1 reversed within each sequence's valid part (its padding stays last), so
     that both run forward in one scan. Also returns ``reorder``, which swaps a ``(T, batch,
-    ...)`` array between the two orders (it is its own inverse)."""
+    ...)`` array between the two orders (it is its own inverse), and the valid steps
+    ``(T, batch)`` (``None`` without ``seq_lengths``)."""
     time = xs.shape[0]
+    xs, lengths, valid = frame(xs, seq_lengths)
     if seq_lengths is None:
         reorder = lambda v: v[::-1]  # noqa: E731
     else:
-        idx = reverse_index(jnp.clip(seq_lengths, 0, time), time)[:, :, None]  # (T, batch, 1)
+        idx = reverse_index(lengths, time)[:, :, None]  # (T, batch, 1)
         reorder = lambda v: jnp.take_along_axis(v, idx, axis=0)  # noqa: E731
     order = jnp.stack([xs, reorder(xs)], axis=1) if num_dirs == 2 else xs[:, None]
-    return order, reorder
+    return order, reorder, valid
 
 
 def directions_out(ys, reorder):
@@ -108,9 +111,7 @@ def run_layer(cell: Cell, layer, xs, carry, seq_lengths=None, *, unroll: int = 1
     num_dirs = len(layer)
     time, batch = xs.shape[:2]
     stacked = jax.tree.map(lambda *p: jnp.stack(p), *layer)  # leaves (D, ...)
-    valid = (None if seq_lengths is None else
-             jnp.arange(time)[:, None] < jnp.clip(seq_lengths, 0, time)[None, :])  # (T, batch)
-    order, reorder = directions_in(xs, seq_lengths, num_dirs)  # (T, D, batch, I)
+    order, reorder, valid = directions_in(xs, seq_lengths, num_dirs)  # (T, D, batch, I)
     # projected inputs a step; the last carry leaf is H wide (an LSTMP's c, not its h)
     width = cell.gates * jax.tree.leaves(carry)[-1].shape[-1] * num_dirs * batch
     run = _over_directions(layer_fn(cell, unroll, projection_chunk(time, width)), num_dirs,

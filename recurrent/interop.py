@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
 from recurrent import checks
 from recurrent.cells import GRUParams, LSTMParams, RNNParams
+from recurrent.layers import Params
 
 _FIELDS = {"weight_ih": "w_ih", "weight_hh": "w_hh", "bias_ih": "b_ih", "bias_hh": "b_hh",
            "weight_hr": "w_hr"}  # in torch's order
@@ -28,7 +30,8 @@ def _torch_key(name: str, layer: int, direction: int) -> str:
 
 
 def _as_numpy_dict(fn: str, source) -> dict[str, np.ndarray]:
-    """A module's or a state dict's tensors (torch or NumPy) as NumPy arrays."""
+    """A module's or a state dict's tensors (torch or NumPy) as NumPy arrays; a torch
+    bfloat16 tensor (which NumPy has no dtype for) as ``ml_dtypes``' bfloat16, exactly."""
     if callable(getattr(source, "state_dict", None)):
         source = source.state_dict()
     if not isinstance(source, Mapping):
@@ -37,7 +40,9 @@ def _as_numpy_dict(fn: str, source) -> dict[str, np.ndarray]:
     out = {}
     for k, v in source.items():
         if hasattr(v, "detach"):  # a torch tensor
-            v = v.detach().cpu().numpy()
+            v = v.detach().cpu()
+            bf16 = str(v.dtype) == "torch.bfloat16"
+            v = v.float().numpy().astype(jnp.bfloat16) if bf16 else v.numpy()
         out[k] = np.asarray(v)
     return out
 
@@ -90,7 +95,7 @@ def _to_torch(fn: str, params, params_type: type, gates: int) -> dict:
     try:
         import torch
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(f"{fn} needs torch: pip install torch") from e
+        raise ImportError(f'{fn} needs torch: pip install "jax-recurrent[torch]"') from e
     state = {}
     for l, layer in enumerate(params):
         for d, p in enumerate(layer):
@@ -101,7 +106,7 @@ def _to_torch(fn: str, params, params_type: type, gates: int) -> dict:
     return state
 
 
-def lstm_from_torch(source) -> tuple:
+def lstm_from_torch(source: Any) -> Params:
     """Params for :func:`recurrent.lstm` from a ``torch.nn.LSTM`` or its state dict.
 
     ``source`` may hold torch tensors or NumPy arrays; the number of layers, the
@@ -112,17 +117,17 @@ def lstm_from_torch(source) -> tuple:
     return _from_torch("lstm_from_torch", source, LSTMParams, 4)
 
 
-def gru_from_torch(source) -> tuple:
+def gru_from_torch(source: Any) -> Params:
     """Params for :func:`recurrent.gru` from a ``torch.nn.GRU`` or its state dict."""
     return _from_torch("gru_from_torch", source, GRUParams, 3)
 
 
-def rnn_from_torch(source) -> tuple:
+def rnn_from_torch(source: Any) -> Params:
     """Params for :func:`recurrent.rnn` from a ``torch.nn.RNN`` or its state dict."""
     return _from_torch("rnn_from_torch", source, RNNParams, 1)
 
 
-def lstm_to_torch(params) -> dict:
+def lstm_to_torch(params: Params) -> dict[str, Any]:
     """A ``torch.nn.LSTM`` state dict (``{name: torch.Tensor}``) from LSTM params, in
     torch's key order; ``module.load_state_dict(lstm_to_torch(params))`` loads it (a
     module made with ``proj_size=P`` for params with ``w_hr``). ``ValueError`` for params
@@ -130,11 +135,16 @@ def lstm_to_torch(params) -> dict:
     return _to_torch("lstm_to_torch", params, LSTMParams, 4)
 
 
-def gru_to_torch(params) -> dict:
+def gru_to_torch(params: Params) -> dict[str, Any]:
     """A ``torch.nn.GRU`` state dict from GRU params."""
     return _to_torch("gru_to_torch", params, GRUParams, 3)
 
 
-def rnn_to_torch(params) -> dict:
+def rnn_to_torch(params: Params) -> dict[str, Any]:
     """A ``torch.nn.RNN`` state dict from RNN params."""
     return _to_torch("rnn_to_torch", params, RNNParams, 1)
+
+__all__ = [
+    "gru_from_torch", "gru_to_torch", "lstm_from_torch", "lstm_to_torch", "rnn_from_torch",
+    "rnn_to_torch",
+]

@@ -10,25 +10,53 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import Any, Literal, TypeVar, overload
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from recurrent import checks, fast
-from recurrent.cells import Cell, gru_cell, gru_options, lstm_cell, lstm_options, rnn_cell
+from recurrent.cells import (
+    Cell,
+    GRUParams,
+    LSTMParams,
+    RNNParams,
+    gru_cell,
+    gru_options,
+    lstm_cell,
+    lstm_options,
+    rnn_cell,
+)
 from recurrent.deer import deer_unroll
-from recurrent.kernels import layer as kernel_layer
-from recurrent.minimal import mingru_cell, minlstm_cell, parallel_unroll
+from recurrent.minimal import (
+    MinGRUParams,
+    MinLSTMParams,
+    mingru_cell,
+    minlstm_cell,
+    parallel_unroll,
+)
 from recurrent.regularize import Regularization, regularized_unroll
-from recurrent.unroll import carry_dtype, unroll
+from recurrent.unroll import carry_dtype, scan_unroll
+
+#: One direction of one layer: the params of its cell.
+CellParams = LSTMParams | GRUParams | RNNParams | MinGRUParams | MinLSTMParams
+#: A whole layer's params, ``((forward, backward?), ...)``: one tuple per stacked layer of
+#: one cell params per direction, as ``init_lstm`` etc. return them.
+Params = tuple[tuple[CellParams, ...], ...]
+#: ``(h, c)`` of an LSTM, each ``(num_layers * num_directions, batch, hidden_size)``.
+LSTMState = tuple[jax.Array, jax.Array]
+#: ``activations[layer][direction]``: a dict of every gate and state at every step.
+Activations = tuple[tuple[dict[str, jax.Array], ...], ...]
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 # How the reference loop runs one layer and direction, by ``impl``; "auto" and "fast" run
 # whole layers through recurrent.fast (or the GPU kernel) instead, for cells with
 # ``recurrence``.
 _UNROLLS = {
-    "auto": unroll,
-    "fast": unroll,
-    "reference": unroll,
+    "auto": scan_unroll,
+    "fast": scan_unroll,
+    "reference": scan_unroll,
     "deer": partial(deer_unroll, jacobian="full"),
     "quasi_deer": partial(deer_unroll, jacobian="diagonal"),
     "parallel": parallel_unroll,
@@ -44,13 +72,16 @@ def default_unroll() -> int:
     return 8 if jax.default_backend() == "gpu" else 1
 
 
-def _init_stack(fn: str, cell: Cell, key, input_size, hidden_size, num_layers,
-                bidirectional, output_size=None):
-    """``num_layers`` x directions params of ``cell``; layer ``l > 0`` reads ``D * H`` features
-    (``D * output_size`` when the cell's output is not ``H`` wide)."""
+def _init_stack(fn: str, make_cell: Callable[[], Cell], key, input_size, hidden_size,
+                num_layers, bidirectional, output_size=None):
+    """``num_layers`` x directions params of the cell ``make_cell()``, built once the sizes
+    are checked; layer ``l > 0`` reads ``D * H`` features (``D * output_size`` when the
+    cell's output is not ``H`` wide)."""
     for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
                         ("num_layers", num_layers)):
         checks.check_size(f"init_{fn}", name, value)
+    checks.check_flag(f"init_{fn}", "bidirectional", bidirectional)
+    cell = make_cell()
     num_dirs = 2 if bidirectional else 1
     keys = jax.random.split(key, num_layers * num_dirs)
     return tuple(
@@ -75,11 +106,14 @@ def _run_stack(fn: str, make_cell: Callable[..., Cell], params, x, seq_lengths,
                          f"got {impl!r}")
     checks.check_size(fn, "unroll", unroll_steps, optional=True)
     checks.check_size(fn, "remat_chunk", remat_chunk, optional=True)
+    checks.check_flag(fn, "batch_first", batch_first)
+    checks.check_flag(fn, "return_activations", return_activations)
+    checks.check_dtype(fn, dtype)
     if unroll_steps is None:
         unroll_steps = default_unroll()
     probe = make_cell(1)
     sizes = checks.check_stack(fn, params, probe.params_type, probe.gates)
-    batch, _ = checks.check_input(fn, x, sizes, batch_first)
+    batch, time = checks.check_input(fn, x, sizes, batch_first)
     checks.check_seq_lengths(fn, seq_lengths, batch)
     if reg is not None:
         reg.check(fn, key)
@@ -87,6 +121,8 @@ def _run_stack(fn: str, make_cell: Callable[..., Cell], params, x, seq_lengths,
             checks.check_rate(fn, dropout)
             dropout = 0.0
     impl = _scan_impl(fn, impl, reg, return_activations)
+    if not batch or not time:  # one path for empty inputs, whatever the impl: the scan's
+        impl = "reference"
     checks.check_dropout(fn, dropout, key)
     initial_state = _broadcast_state(initial_state, batch)
     num_dirs = sizes.num_directions
@@ -108,11 +144,10 @@ def _run_stack(fn: str, make_cell: Callable[..., Cell], params, x, seq_lengths,
             checks.check_state(fn, "initial_state", initial_state, state_shape)
 
     if impl in ("auto", "fast", "pallas") and cell.recurrence is not None:
-        configs = [kernel_layer.configure(kernel, impl, layer, batch, dtype, remat_chunk)
-                   for layer in params]
+        configs = _kernel_configs(kernel, impl, params, batch, dtype, remat_chunk)
         out, state = _run_fast(cell, params, x, seq_lengths, initial_state, dropout, key,
                                batch_first, unroll_steps, remat_chunk, pair, num_dirs,
-                               configs)
+                               configs, impl)
         return (out if dtype is None else out.astype(dtype)), state
 
     masks_key = None
@@ -206,11 +241,28 @@ def _broadcast_state(initial_state, batch: int):
     return None if initial_state is None else widen(initial_state)
 
 
+def _kernel_configs(kernel, impl, params, batch, dtype, remat_chunk):
+    """Each layer's GPU kernel configuration by :func:`recurrent.kernels.layer.configure`
+    (``None``: the XLA path). The kernels, and Pallas, are imported only where they may
+    run: for ``impl="pallas"``, and for ``"auto"`` in a process whose devices are GPUs."""
+    if impl == "fast" or (impl == "auto" and jax.default_backend() != "gpu"):
+        return [None] * len(params)
+    from recurrent.kernels import layer as kernel_layer
+
+    return [kernel_layer.configure(kernel, impl, layer, batch, dtype, remat_chunk)
+            for layer in params]
+
+
 def _run_fast(cell, params, x, seq_lengths, initial_state, dropout, key, batch_first,
-              unroll_steps, remat_chunk, pair, num_dirs, configs):
+              unroll_steps, remat_chunk, pair, num_dirs, configs, impl):
     """The stack by :func:`recurrent.fast.run_layer`, or by the GPU kernels' run_layer
     where a layer's ``configs`` entry is not ``None``, time-major from the first layer to
-    the last; returns ``(y, state)`` as the reference loop of :func:`_run_stack` does."""
+    the last; returns ``(y, state)`` as the reference loop of :func:`_run_stack` does.
+
+    ``impl="auto"`` chose the kernel from the process' device, but the program may be
+    lowered for another platform (``jax.export(..., platforms=("tpu",))`` on a GPU
+    machine): there the kernel runs only where it is lowered for CUDA, the XLA path
+    elsewhere (``lax.platform_dependent``, decided at lowering; XLA never sees a branch)."""
     out = jnp.swapaxes(x, 0, 1) if batch_first else x  # (batch, T, I) -> (T, batch, I)
     time, batch = out.shape[:2]
     finals = []
@@ -220,12 +272,19 @@ def _run_fast(cell, params, x, seq_lengths, initial_state, dropout, key, batch_f
         else:  # leaves (L*D, batch, H) -> (D, batch, H)
             carry = jax.tree.map(lambda s: s[l * num_dirs:(l + 1) * num_dirs].astype(
                 carry_dtype(layer[0])), tuple(initial_state) if pair else initial_state)
+        xla = partial(fast.run_layer, cell, layer, unroll=unroll_steps,
+                      remat_chunk=remat_chunk)
         if configs[l] is None:
-            out, carry = fast.run_layer(cell, layer, out, carry, seq_lengths,
-                                        unroll=unroll_steps, remat_chunk=remat_chunk)
+            out, carry = xla(out, carry, seq_lengths)  # (T, batch, D*H)
         else:
-            out, carry = kernel_layer.run_layer(cell, configs[l], layer, out, carry,
-                                                seq_lengths)  # (T, batch, D*H)
+            from recurrent.kernels import layer as kernel_layer
+
+            kernel = partial(kernel_layer.run_layer, cell, configs[l], layer)
+            if impl == "auto":
+                out, carry = jax.lax.platform_dependent(out, carry, seq_lengths, cuda=kernel,
+                                                        default=xla)
+            else:
+                out, carry = kernel(out, carry, seq_lengths)
         finals.append(carry)
         if dropout > 0 and l < len(params) - 1:  # the reference's mask, drawn batch-first
             key, sub = jax.random.split(key)
@@ -243,7 +302,9 @@ _LAYER_DOC = """
       seq_lengths: ``(batch,)`` integer valid lengths (right padding), like a packed
         sequence in torch: outputs past a length are zero, the final state is the state at
         the last valid step, and the backward direction starts at each sequence's own last
-        valid step. Clipped to ``[0, time]`` at run time. ``None``: all steps are valid.
+        valid step. Clipped to ``[0, time]`` at run time (in any integer dtype, without
+        wrapping). Padded steps are zeroed before anything reads them, so their values,
+        NaN or inf included, change no output or gradient. ``None``: all steps are valid.
       initial_state: {state_in}; zeros when ``None``. Arrays of shape ``(num_layers *
         num_directions, hidden_size)`` or ``(num_layers * num_directions, 1,
         hidden_size)`` are one state for every sequence, broadcast over the batch: pass
@@ -325,7 +386,8 @@ _ACTIVATIONS_DOC = """\
 
 
 def _document(fn_name: str, state_in: str, state_out: str, state_desc: str,
-              impl_doc: str = _NONLINEAR_IMPL_DOC, activations: str | None = None):
+              impl_doc: str = _NONLINEAR_IMPL_DOC,
+              activations: str | None = None) -> Callable[[_F], _F]:
     """Appends the shared Args and Returns; ``activations`` names the keys of
     ``return_activations`` for the layers with the scan's options."""
     options_doc = returns_doc = ""
@@ -334,17 +396,17 @@ def _document(fn_name: str, state_in: str, state_out: str, state_desc: str,
         options_doc = _OPTIONS_DOC.format(cell_zoneout=cell_zoneout)
         returns_doc = _ACTIVATIONS_DOC.format(keys=activations)
 
-    def wrap(f):
-        f.__doc__ += _LAYER_DOC.format(fn=fn_name, state_in=state_in, state_out=state_out,
-                                       state_desc=state_desc, impl_doc=impl_doc,
-                                       options_doc=options_doc, returns_doc=returns_doc)
+    def wrap(f: _F) -> _F:
+        f.__doc__ = (f.__doc__ or "") + _LAYER_DOC.format(
+            fn=fn_name, state_in=state_in, state_out=state_out, state_desc=state_desc,
+            impl_doc=impl_doc, options_doc=options_doc, returns_doc=returns_doc)
         return f
 
     return wrap
 
 
-def init_lstm(key, input_size: int, hidden_size: int, num_layers: int = 1,
-              bidirectional: bool = False, **cell_options):
+def init_lstm(key: jax.Array, input_size: int, hidden_size: int, num_layers: int = 1,
+              bidirectional: bool = False, **cell_options: Any) -> Params:
     """Params of a stacked (bidirectional) LSTM, initialised as ``torch.nn.LSTM``.
 
     ``cell_options`` go to :func:`recurrent.cells.lstm_cell` (``proj_size``, ``peephole``,
@@ -353,42 +415,66 @@ def init_lstm(key, input_size: int, hidden_size: int, num_layers: int = 1,
     num_layers``; layer 0 reads ``input_size`` features, later layers ``num_directions *
     hidden_size`` (``num_directions * proj_size`` with a projection, as torch).
     """
-    return _init_stack("lstm", lstm_cell(hidden_size, **cell_options), key, input_size,
+    return _init_stack("lstm", lambda: lstm_cell(hidden_size, **cell_options), key, input_size,
                        hidden_size, num_layers, bidirectional, cell_options.get("proj_size"))
 
 
-def init_gru(key, input_size: int, hidden_size: int, num_layers: int = 1,
-             bidirectional: bool = False, **cell_options):
+def init_gru(key: jax.Array, input_size: int, hidden_size: int, num_layers: int = 1,
+             bidirectional: bool = False, **cell_options: Any) -> Params:
     """Params of a stacked (bidirectional) GRU, initialised as ``torch.nn.GRU``.
 
     ``cell_options`` go to :func:`recurrent.cells.gru_cell` (e.g. ``layer_norm``). The
     params are the same for both GRU forms; choose the form with ``gru(...,
     reset_after=...)``.
     """
-    return _init_stack("gru", gru_cell(hidden_size, **cell_options), key, input_size,
+    return _init_stack("gru", lambda: gru_cell(hidden_size, **cell_options), key, input_size,
                        hidden_size, num_layers, bidirectional)
 
 
-def init_rnn(key, input_size: int, hidden_size: int, num_layers: int = 1,
-             bidirectional: bool = False, **cell_options):
+def init_rnn(key: jax.Array, input_size: int, hidden_size: int, num_layers: int = 1,
+             bidirectional: bool = False, **cell_options: Any) -> Params:
     """Params of a stacked (bidirectional) tanh/relu RNN, initialised as ``torch.nn.RNN``.
 
     ``cell_options`` go to :func:`recurrent.cells.rnn_cell` (its ``nonlinearity`` does not
     change the params; choose it with ``rnn(..., nonlinearity=...)``).
     """
-    return _init_stack("rnn", rnn_cell(hidden_size, **cell_options), key, input_size,
+    return _init_stack("rnn", lambda: rnn_cell(hidden_size, **cell_options), key, input_size,
                        hidden_size, num_layers, bidirectional)
+
+
+@overload
+def lstm(params: Params, x: jax.Array, seq_lengths: jax.Array | None = ...,
+         initial_state: LSTMState | None = ..., dropout: float = ..., key: jax.Array | None = ...,
+         batch_first: bool = ..., *,
+         dtype: DTypeLike | None = ..., unroll: int | None = ..., impl: str = ...,
+         remat_chunk: int | None = ..., input_dropout: float = ...,
+         recurrent_dropout: float = ..., hidden_zoneout: float = ..., cell_zoneout: float = ...,
+         deterministic: bool = ...,
+         return_activations: Literal[False] = ...) -> tuple[jax.Array, LSTMState]: ...
+
+
+@overload
+def lstm(params: Params, x: jax.Array, seq_lengths: jax.Array | None = ...,
+         initial_state: LSTMState | None = ..., dropout: float = ..., key: jax.Array | None = ...,
+         batch_first: bool = ..., *,
+         dtype: DTypeLike | None = ..., unroll: int | None = ..., impl: str = ...,
+         remat_chunk: int | None = ..., input_dropout: float = ...,
+         recurrent_dropout: float = ..., hidden_zoneout: float = ..., cell_zoneout: float = ...,
+         deterministic: bool = ...,
+         return_activations: Literal[True]) -> tuple[jax.Array, LSTMState, Activations]: ...
 
 
 @_document("lstm", "a pair ``(h_0, c_0)``, each ``(num_layers * num_directions, batch, "
            "hidden_size)``", "(h_n, c_n)", "``h_n`` and ``c_n`` are each",
            activations="``i, f, g, o, c, h``")
-def lstm(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, key=None,
-         batch_first: bool = True, *, dtype=None, unroll: int | None = None, impl: str = "auto",
-         remat_chunk: int | None = None,
-         input_dropout: float = 0.0, recurrent_dropout: float = 0.0,
-         hidden_zoneout: float = 0.0, cell_zoneout: float = 0.0,
-         deterministic: bool = False, return_activations: bool = False):
+def lstm(params: Params, x: jax.Array, seq_lengths: jax.Array | None = None,
+         initial_state: LSTMState | None = None, dropout: float = 0.0, key: jax.Array | None = None,
+         batch_first: bool = True, *,
+         dtype: DTypeLike | None = None, unroll: int | None = None, impl: str = "auto",
+         remat_chunk: int | None = None, input_dropout: float = 0.0,
+         recurrent_dropout: float = 0.0, hidden_zoneout: float = 0.0, cell_zoneout: float = 0.0,
+         deterministic: bool = False,
+         return_activations: bool = False) -> tuple[Any, ...]:
     """A stacked (bidirectional) LSTM over a batch of sequences, as ``torch.nn.LSTM``.
 
     For one layer and direction, with ``x`` batch first::
@@ -414,14 +500,34 @@ def lstm(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, 
                       return_activations=return_activations)
 
 
+@overload
+def gru(params: Params, x: jax.Array, seq_lengths: jax.Array | None = ...,
+        initial_state: jax.Array | None = ..., dropout: float = ..., key: jax.Array | None = ...,
+        batch_first: bool = ..., *,
+        reset_after: bool = ..., dtype: DTypeLike | None = ..., unroll: int | None = ...,
+        impl: str = ..., remat_chunk: int | None = ..., input_dropout: float = ...,
+        recurrent_dropout: float = ..., hidden_zoneout: float = ..., deterministic: bool = ...,
+        return_activations: Literal[False] = ...) -> tuple[jax.Array, jax.Array]: ...
+
+
+@overload
+def gru(params: Params, x: jax.Array, seq_lengths: jax.Array | None = ...,
+        initial_state: jax.Array | None = ..., dropout: float = ..., key: jax.Array | None = ...,
+        batch_first: bool = ..., *,
+        reset_after: bool = ..., dtype: DTypeLike | None = ..., unroll: int | None = ...,
+        impl: str = ..., remat_chunk: int | None = ..., input_dropout: float = ...,
+        recurrent_dropout: float = ..., hidden_zoneout: float = ..., deterministic: bool = ...,
+        return_activations: Literal[True]) -> tuple[jax.Array, jax.Array, Activations]: ...
+
+
 @_document("gru", *_H_STATE, activations="``r, z, n, h``")
-def gru(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, key=None,
-        batch_first: bool = True, *, reset_after: bool = True, dtype=None,
-        unroll: int | None = None,
-        impl: str = "auto", remat_chunk: int | None = None,
-        input_dropout: float = 0.0, recurrent_dropout: float = 0.0,
-        hidden_zoneout: float = 0.0, deterministic: bool = False,
-        return_activations: bool = False):
+def gru(params: Params, x: jax.Array, seq_lengths: jax.Array | None = None,
+        initial_state: jax.Array | None = None, dropout: float = 0.0, key: jax.Array | None = None,
+        batch_first: bool = True, *,
+        reset_after: bool = True, dtype: DTypeLike | None = None, unroll: int | None = None,
+        impl: str = "auto", remat_chunk: int | None = None, input_dropout: float = 0.0,
+        recurrent_dropout: float = 0.0, hidden_zoneout: float = 0.0, deterministic: bool = False,
+        return_activations: bool = False) -> tuple[Any, ...]:
     """A stacked (bidirectional) GRU over a batch of sequences, as ``torch.nn.GRU``.
 
     For one layer and direction (``reset_after=True``, torch's form; ``False`` applies the
@@ -448,13 +554,34 @@ def gru(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, k
                       return_activations=return_activations)
 
 
+@overload
+def rnn(params: Params, x: jax.Array, seq_lengths: jax.Array | None = ...,
+        initial_state: jax.Array | None = ..., dropout: float = ..., key: jax.Array | None = ...,
+        batch_first: bool = ..., *,
+        nonlinearity: str = ..., dtype: DTypeLike | None = ..., unroll: int | None = ...,
+        impl: str = ..., remat_chunk: int | None = ..., input_dropout: float = ...,
+        recurrent_dropout: float = ..., hidden_zoneout: float = ..., deterministic: bool = ...,
+        return_activations: Literal[False] = ...) -> tuple[jax.Array, jax.Array]: ...
+
+
+@overload
+def rnn(params: Params, x: jax.Array, seq_lengths: jax.Array | None = ...,
+        initial_state: jax.Array | None = ..., dropout: float = ..., key: jax.Array | None = ...,
+        batch_first: bool = ..., *,
+        nonlinearity: str = ..., dtype: DTypeLike | None = ..., unroll: int | None = ...,
+        impl: str = ..., remat_chunk: int | None = ..., input_dropout: float = ...,
+        recurrent_dropout: float = ..., hidden_zoneout: float = ..., deterministic: bool = ...,
+        return_activations: Literal[True]) -> tuple[jax.Array, jax.Array, Activations]: ...
+
+
 @_document("rnn", *_H_STATE, activations="``h``")
-def rnn(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, key=None,
-        batch_first: bool = True, *, nonlinearity: str = "tanh", dtype=None,
-        unroll: int | None = None, impl: str = "auto", remat_chunk: int | None = None,
-        input_dropout: float = 0.0, recurrent_dropout: float = 0.0,
-        hidden_zoneout: float = 0.0, deterministic: bool = False,
-        return_activations: bool = False):
+def rnn(params: Params, x: jax.Array, seq_lengths: jax.Array | None = None,
+        initial_state: jax.Array | None = None, dropout: float = 0.0, key: jax.Array | None = None,
+        batch_first: bool = True, *,
+        nonlinearity: str = "tanh", dtype: DTypeLike | None = None, unroll: int | None = None,
+        impl: str = "auto", remat_chunk: int | None = None, input_dropout: float = 0.0,
+        recurrent_dropout: float = 0.0, hidden_zoneout: float = 0.0, deterministic: bool = False,
+        return_activations: bool = False) -> tuple[Any, ...]:
     """A stacked (bidirectional) Elman RNN, as ``torch.nn.RNN``::
 
         h = initial_state
@@ -470,27 +597,29 @@ def rnn(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, k
                       return_activations=return_activations)
 
 
-def init_mingru(key, input_size: int, hidden_size: int, num_layers: int = 1,
-                bidirectional: bool = False, **cell_options):
+def init_mingru(key: jax.Array, input_size: int, hidden_size: int, num_layers: int = 1,
+                bidirectional: bool = False, **cell_options: Any) -> Params:
     """Params of a stacked (bidirectional) minGRU (Feng et al. 2024): a tuple per layer of
     ``MinGRUParams(w_ih (2H, I), b_ih (2H,))`` per direction. ``cell_options`` go to
     :func:`recurrent.minimal.mingru_cell`."""
-    return _init_stack("mingru", mingru_cell(hidden_size, **cell_options), key, input_size,
+    return _init_stack("mingru", lambda: mingru_cell(hidden_size, **cell_options), key, input_size,
                        hidden_size, num_layers, bidirectional)
 
 
-def init_minlstm(key, input_size: int, hidden_size: int, num_layers: int = 1,
-                 bidirectional: bool = False, **cell_options):
+def init_minlstm(key: jax.Array, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bidirectional: bool = False, **cell_options: Any) -> Params:
     """Params of a stacked (bidirectional) minLSTM (Feng et al. 2024): a tuple per layer of
     ``MinLSTMParams(w_ih (3H, I), b_ih (3H,))`` per direction."""
-    return _init_stack("minlstm", minlstm_cell(hidden_size, **cell_options), key, input_size,
-                       hidden_size, num_layers, bidirectional)
+    return _init_stack("minlstm", lambda: minlstm_cell(hidden_size, **cell_options), key,
+                       input_size, hidden_size, num_layers, bidirectional)
 
 
 @_document("mingru", *_H_STATE, impl_doc=_LINEAR_IMPL_DOC)
-def mingru(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, key=None,
-           batch_first: bool = True, *, dtype=None,
-           unroll: int | None = None, impl: str = "parallel"):
+def mingru(params: Params, x: jax.Array, seq_lengths: jax.Array | None = None,
+           initial_state: jax.Array | None = None, dropout: float = 0.0,
+           key: jax.Array | None = None, batch_first: bool = True, *,
+           dtype: DTypeLike | None = None, unroll: int | None = None,
+           impl: str = "parallel") -> tuple[jax.Array, jax.Array]:
     """A stacked (bidirectional) minGRU, evaluated in parallel over time by default::
 
         h = initial_state
@@ -506,9 +635,11 @@ def mingru(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0
 
 
 @_document("minlstm", *_H_STATE, impl_doc=_LINEAR_IMPL_DOC)
-def minlstm(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.0, key=None,
-            batch_first: bool = True, *, dtype=None,
-            unroll: int | None = None, impl: str = "parallel"):
+def minlstm(params: Params, x: jax.Array, seq_lengths: jax.Array | None = None,
+            initial_state: jax.Array | None = None, dropout: float = 0.0,
+            key: jax.Array | None = None, batch_first: bool = True, *,
+            dtype: DTypeLike | None = None, unroll: int | None = None,
+            impl: str = "parallel") -> tuple[jax.Array, jax.Array]:
     """A stacked (bidirectional) minLSTM, evaluated in parallel over time by default::
 
         h = initial_state
@@ -521,3 +652,8 @@ def minlstm(params, x, seq_lengths=None, initial_state=None, dropout: float = 0.
     return _run_stack("minlstm", lambda h: minlstm_cell(h, dtype=dtype), params, x,
                       seq_lengths, initial_state, dropout, key, batch_first, unroll, dtype,
                       impl, None, impls=_LINEAR_IMPLS)
+
+__all__ = [
+    "CellParams", "Params", "gru", "init_gru", "init_lstm", "init_mingru", "init_minlstm",
+    "init_rnn", "lstm", "mingru", "minlstm", "rnn",
+]

@@ -301,3 +301,5 @@ class GRUCell(_Cell):
         return cells.gru_cell(self.hidden_size, reset_after=self.reset_after,
                               layer_norm=self.layer_norm, bias=self.bias, dtype=self.dtype,
                               param_dtype=self.param_dtype)
+
+__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "MinGRU", "MinLSTM", "RNN"]

@@ -24,8 +24,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from recurrent import checks
 from recurrent.cells import Cell, _cell_from, _project, _zeros_carry, uniform_init
-from recurrent.unroll import project_time_major, reverse_index
+from recurrent.framing import reverse_index
+from recurrent.unroll import project_time_major, scan_unroll
 
 _LOG_ZERO = -1e30  # log of 0 that stays finite under addition, so gradients stay finite
 
@@ -69,6 +71,10 @@ def _minlstm_log_coeffs(xp):
 
 def _minimal_cell(params_type, gates, log_coeffs, recurrence, hidden_size, bias,
                   kernel_init, bias_init, param_dtype, dtype) -> Cell:
+    fn = {2: "mingru_cell", 3: "minlstm_cell"}[gates]
+    checks.check_size(fn, "hidden_size", hidden_size)
+    checks.check_flag(fn, "bias", bias)
+    checks.check_dtype(fn, dtype)
     default = uniform_init(1.0 / hidden_size**0.5)
     kernel_init, bias_init = kernel_init or default, bias_init or default
 
@@ -155,18 +161,22 @@ def parallel_unroll(cell: Cell, params, xs, carry=None, *, seq_lengths=None,
     if cell.log_coeffs is None:
         raise ValueError("parallel_unroll: the cell has no log_coeffs (its step is not a "
                          "linear recurrence); use recurrent.unroll or deer_unroll")
-    xp, carry = project_time_major(cell, params, xs, carry, time_major)
-    time, batch = xp.shape[:2]
+    checks.check_unroll("parallel_unroll", cell, params, xs, carry, seq_lengths, time_major)
+    time, batch = xs.shape[:2] if time_major else xs.shape[1::-1]
+    if not time or not batch:  # nothing to scan: the sequential scan's empty result
+        return scan_unroll(cell, params, xs, carry, seq_lengths=seq_lengths, reverse=reverse,
+                           time_major=time_major)
     if reverse and seq_lengths is None:
-        seq_lengths = jnp.full((batch,), time)
+        seq_lengths = jnp.full((batch,), time, jnp.int32)
+    xp, carry, lengths, valid = project_time_major(cell, params, xs, carry, time_major,
+                                                   seq_lengths)
     if seq_lengths is not None:
-        lengths = jnp.clip(seq_lengths, 0, time)
+        valid = valid[:, :, None]  # (time, batch, 1)
         if reverse:
             idx = reverse_index(lengths, time)  # (time, batch)
             xp = jnp.take_along_axis(xp, idx[:, :, None], axis=0)
     log_a, log_b = cell.log_coeffs(xp)  # each (time, batch, H)
     if seq_lengths is not None:
-        valid = (jnp.arange(time)[:, None] < lengths[None, :])[:, :, None]  # (time, batch, 1)
         log_a = jnp.where(valid, log_a, 0.0)  # past the length: h_t = 1 * h_{t-1} + 0
         log_b = jnp.where(valid, log_b, _LOG_ZERO)
     log_A, log_B = jax.lax.associative_scan(_combine, (log_a, log_b), axis=0)
@@ -179,3 +189,5 @@ def parallel_unroll(cell: Cell, params, xs, carry=None, *, seq_lengths=None,
     if not time_major:
         ys = jnp.swapaxes(ys, 0, 1)  # (time, batch, H) -> (batch, time, H)
     return h_n, ys
+
+__all__ = ["MinGRUParams", "MinLSTMParams", "mingru_cell", "minlstm_cell", "parallel_unroll"]

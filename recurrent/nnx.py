@@ -58,6 +58,18 @@ def _assign(module: str, tree, params) -> None:
         var.set_value(jnp.asarray(new, var.get_value().dtype))
 
 
+def _stream(name: str, rngs: nnx.Rngs, rng_collection: str):
+    """The stream ``rng_collection`` of ``rngs`` (or its ``default`` stream), which dropout
+    and zoneout draw from; ``ValueError`` if it has neither."""
+    try:
+        return rngs[rng_collection]
+    except KeyError:
+        raise ValueError(f"{name}: dropout and zoneout draw from the rng stream "
+                         f"rng_collection={rng_collection!r}, which rngs lacks (and it has no "
+                         f"default stream): pass e.g. nnx.Rngs(params=0, "
+                         f"{rng_collection}=1)") from None
+
+
 class _Stack(nnx.Module):
     """A stacked (bidirectional) recurrent layer; subclasses name the functional layer."""
 
@@ -83,7 +95,7 @@ class _Stack(nnx.Module):
         self.unroll = unroll
         self.rng_collection = rng_collection
         random = dropout > 0 or any(rate > 0 for rate in self._rates().values())
-        self.rngs = rngs[rng_collection].fork() if random else nnx.data(None)
+        self.rngs = _stream(name, rngs, rng_collection).fork() if random else nnx.data(None)
 
     def _options(self) -> dict:
         """Keyword arguments of the functional layer beyond the common ones."""
@@ -155,7 +167,7 @@ class _Stack(nnx.Module):
         if rngs is None:
             rngs = self.rngs
         if isinstance(rngs, nnx.Rngs):
-            return rngs[self.rng_collection]()
+            return _stream(type(self).__name__, rngs, self.rng_collection)()
         if isinstance(rngs, nnx.RngStream):
             return rngs()
         if isinstance(rngs, jax.Array):
@@ -401,3 +413,5 @@ class GRUCell(_Cell):
         return cells.gru_cell(self.hidden_size, reset_after=self.reset_after,
                               layer_norm=self.layer_norm, bias=self.bias, dtype=self.dtype,
                               param_dtype=self.param_dtype)
+
+__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "MinGRU", "MinLSTM", "RNN"]

@@ -28,7 +28,7 @@ import numpy as np
 from recurrent import checks
 from recurrent.cells import Cell, _cell_from
 from recurrent.unroll import carry_dtype
-from recurrent.unroll import unroll as sequential_unroll
+from recurrent.unroll import scan_unroll as sequential_unroll
 
 _DROPOUTS = ("input_dropout", "recurrent_dropout")
 # Which carry entry (``cell.carry_keys``) each zoneout rate acts on.
@@ -50,7 +50,9 @@ class Regularization(NamedTuple):
         return {name: getattr(self, name) for name in (*_DROPOUTS, *_ZONEOUTS)}
 
     def check(self, fn: str, key) -> None:
-        """Rates in ``[0, 1)``; a ``key`` whenever one is positive in training."""
+        """Rates in ``[0, 1)``; a bool ``deterministic``; a ``key`` whenever a rate is
+        positive in training."""
+        checks.check_flag(fn, "deterministic", self.deterministic)
         for name, rate in self.rates().items():
             checks.check_rate(fn, rate, name)
         if self.random and key is None:
@@ -205,3 +207,5 @@ def scan_options(fn: str, rates: dict, deterministic: bool | None,
         return {}
     return {**rates, "deterministic": bool(deterministic),
             "return_activations": return_activations}
+
+__all__ = ["Masks", "Regularization", "draw_masks", "regularized_cell", "regularized_unroll"]

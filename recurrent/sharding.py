@@ -17,12 +17,17 @@ batch is all processes' rows in process order) and the same params to ``replicat
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TypeVar
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+T = TypeVar("T")  # a pytree of arrays
 
-def data_mesh(devices=None, axis_name: str = "data") -> Mesh:
+
+def data_mesh(devices: Sequence[jax.Device] | None = None, axis_name: str = "data") -> Mesh:
     """A 1-D mesh over ``devices`` (default: ``jax.devices()``, every host's) named
     ``axis_name``, with automatic sharding propagation."""
     devices = jax.devices() if devices is None else list(devices)
@@ -30,13 +35,13 @@ def data_mesh(devices=None, axis_name: str = "data") -> Mesh:
                 axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def replicate(tree, mesh: Mesh):
+def replicate(tree: T, mesh: Mesh) -> T:
     """Puts every array of ``tree`` (params, optimizer state) whole on every device of
     ``mesh``."""
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
-def shard_batch(tree, mesh: Mesh, axis_name: str = "data"):
+def shard_batch(tree: T, mesh: Mesh, axis_name: str = "data") -> T:
     """Splits the leading (batch) axis of every array of ``tree`` over ``mesh``.
 
     Args:
@@ -65,3 +70,5 @@ def shard_batch(tree, mesh: Mesh, axis_name: str = "data"):
         return jax.make_array_from_process_local_data(sharding, x)
 
     return jax.tree_util.tree_map_with_path(put, tree)
+
+__all__ = ["data_mesh", "replicate", "shard_batch"]

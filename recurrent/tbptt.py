@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
 from recurrent import checks
+from recurrent.framing import clip_lengths
+from recurrent.layers import Params
 
 
-def truncated_bptt(layer, params, x, chunk: int, initial_state=None, seq_lengths=None,
-                   key=None, **layer_options):
+def truncated_bptt(layer: Callable[..., tuple[Any, ...]], params: Params, x: jax.Array,
+                   chunk: int, initial_state: Any = None, seq_lengths: jax.Array | None = None,
+                   key: jax.Array | None = None, **layer_options: Any) -> tuple[jax.Array, Any]:
     """Runs ``layer`` over ``x`` in chunks of ``chunk`` steps, stopping the gradient of the
     state between chunks, so backpropagation reaches at most ``chunk`` steps back::
 
@@ -52,11 +58,13 @@ def truncated_bptt(layer, params, x, chunk: int, initial_state=None, seq_lengths
     if layer_options.get("return_activations"):
         raise ValueError(f"{name}: return_activations is not supported; call the layer "
                          f"itself for per-step gates and states")
+    checks.check_seq_lengths(name, seq_lengths, x.shape[0])
     time = x.shape[1]
     num_full = time // chunk
+    stream_lengths = None if seq_lengths is None else clip_lengths(seq_lengths, time)
 
     def run(state, x_chunk, start, index):
-        lengths = None if seq_lengths is None else jnp.clip(seq_lengths - start, 0,
+        lengths = None if seq_lengths is None else jnp.clip(stream_lengths - start, 0,
                                                             x_chunk.shape[1])
         chunk_key = None if key is None else jax.random.fold_in(key, index)
         state = None if state is None else jax.lax.stop_gradient(state)
@@ -83,3 +91,5 @@ def truncated_bptt(layer, params, x, chunk: int, initial_state=None, seq_lengths
         state, y_last = run(state, x[:, num_full * chunk:], num_full * chunk, num_full)
         ys.append(y_last)
     return jnp.concatenate(ys, axis=1), state
+
+__all__ = ["truncated_bptt"]

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
+from recurrent import checks
 from recurrent.cells import Cell
+from recurrent.framing import frame
+from recurrent.framing import reverse_index as reverse_index
 
 
 def state_dtype(param_dtype):
@@ -18,29 +23,22 @@ def carry_dtype(params):
     return state_dtype(params.w_ih.dtype)
 
 
-def project_time_major(cell: Cell, params, xs, carry, time_major: bool):
-    """What every way of running a cell over time starts with: the projected inputs
-    ``xp (time, batch, G*H)``, time first, and the carry (zeros when ``None``)."""
+def project_time_major(cell: Cell, params, xs, carry, time_major: bool, seq_lengths=None):
+    """What every way of running a cell over time starts with: the input framed by
+    :func:`recurrent.framing.frame` (padded steps zeroed) and projected, ``xp (time, batch,
+    G*H)``, time first; the carry (zeros when ``None``); the ``int32`` lengths ``(batch,)``
+    and the valid steps ``(time, batch)`` (both ``None`` without ``seq_lengths``)."""
     if not time_major:
         xs = jnp.swapaxes(xs, 0, 1)  # (batch, time, I) -> (time, batch, I)
     if carry is None:
         carry = cell.initial_carry((xs.shape[1],), carry_dtype(params))
-    return cell.project(params, xs), carry  # (time, batch, G*H)
+    xs, lengths, valid = frame(xs, seq_lengths)
+    return cell.project(params, xs), carry, lengths, valid  # (time, batch, G*H)
 
 
-def reverse_index(seq_lengths: jax.Array, time: int) -> jax.Array:
-    """Time indices that reverse each sequence's valid part and leave its padding in place.
-
-    ``idx[t, b] = seq_lengths[b] - 1 - t`` for ``t < seq_lengths[b]``, else ``t``; shape
-    ``(time, batch)``. Applying it twice is the identity.
-    """
-    t = jnp.arange(time)[:, None]  # (time, 1)
-    return jnp.where(t < seq_lengths[None, :], seq_lengths[None, :] - 1 - t, t)
-
-
-def unroll(cell: Cell, params, xs: jax.Array, carry=None, *, seq_lengths=None,
-           reverse: bool = False, unroll: int = 1, time_major: bool = False,
-           return_activations: bool = False):
+def unroll(cell: Cell, params: Any, xs: jax.Array, carry: Any = None, *,
+           seq_lengths: jax.Array | None = None, reverse: bool = False, unroll: int = 1,
+           time_major: bool = False, return_activations: bool = False) -> tuple[Any, Any]:
     """Runs ``cell`` over the time axis of ``xs`` and returns ``(final_carry, ys)``.
 
     The input half of every step is computed for the whole sequence in one matmul
@@ -55,7 +53,8 @@ def unroll(cell: Cell, params, xs: jax.Array, carry=None, *, seq_lengths=None,
     ``seq_lengths[b]`` steps: past them its carry is frozen and its outputs are zero, so
     the final carry is the state at its last valid step; ``reverse`` runs each valid part
     backwards from its own last valid step, as a packed sequence does in torch. Lengths
-    are clipped to ``[0, T]`` at run time.
+    are clipped to ``[0, T]`` at run time, and padded steps are zeroed before the
+    projection, so a NaN there changes no output or gradient.
 
     Args:
       cell: a :class:`recurrent.cells.Cell`.
@@ -75,7 +74,22 @@ def unroll(cell: Cell, params, xs: jax.Array, carry=None, *, seq_lengths=None,
       ``(time, batch, hidden)`` with ``time_major``; ``ys[b, t]`` is the output at input
       position ``t`` whichever the direction.
     """
-    xp, carry = project_time_major(cell, params, xs, carry, time_major)
+    checks.check_unroll("unroll", cell, params, xs, carry, seq_lengths, time_major)
+    checks.check_flag("unroll", "reverse", reverse)
+    checks.check_flag("unroll", "return_activations", return_activations)
+    checks.check_size("unroll", "unroll", unroll)
+    return scan_unroll(cell, params, xs, carry, seq_lengths=seq_lengths, reverse=reverse,
+                       unroll=unroll, time_major=time_major,
+                       return_activations=return_activations)
+
+
+def scan_unroll(cell: Cell, params, xs: jax.Array, carry=None, *, seq_lengths=None,
+                reverse: bool = False, unroll: int = 1, time_major: bool = False,
+                return_activations: bool = False):
+    """:func:`unroll` without the checks of its arguments, for the callers that have made
+    them (the layers) or that change the cell's input (:mod:`recurrent.regularize`)."""
+    xp, carry, lengths, valid = project_time_major(cell, params, xs, carry, time_major,
+                                                   seq_lengths)
     time = xp.shape[0]
 
     def step(carry, xp_t):
@@ -87,8 +101,6 @@ def unroll(cell: Cell, params, xs: jax.Array, carry=None, *, seq_lengths=None,
     if seq_lengths is None:
         carry, ys = jax.lax.scan(step, carry, xp, reverse=reverse, unroll=unroll)
     else:
-        lengths = jnp.clip(seq_lengths, 0, time)
-        valid = jnp.arange(time)[:, None] < lengths[None, :]  # (time, batch)
         if reverse:
             idx = reverse_index(lengths, time)  # (time, batch)
             xp = jnp.take_along_axis(xp, idx[:, :, None], axis=0)
@@ -107,3 +119,5 @@ def unroll(cell: Cell, params, xs: jax.Array, carry=None, *, seq_lengths=None,
     if not time_major:
         ys = jax.tree.map(lambda y: jnp.swapaxes(y, 0, 1), ys)  # (T, B, H) -> (B, T, H)
     return carry, ys
+
+__all__ = ["unroll"]

@@ -15,3 +15,17 @@ def torch():
         pytest.skip("torch is not installed (pip install -e '.[test]')")
     torch.manual_seed(0)
     return torch
+
+
+@pytest.fixture(scope="session")
+def onnxruntime():
+    """onnxruntime (with onnx): the ``onnx`` extra, a test dependency; as torch under CI."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime
+    except ImportError:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("onnx and onnxruntime are test dependencies and must be installed "
+                        "under CI=true")
+        pytest.skip("onnx or onnxruntime is not installed (pip install -e '.[test]')")
+    return onnxruntime

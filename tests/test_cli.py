@@ -1,13 +1,17 @@
 """``python -m recurrent``: the default run learns the digits, every dataset reports its
-metric and writes its files, and bad arguments end in one line and exit code 2."""
+metric and writes its files, a saved run loads and evaluates again, and bad arguments end in
+one line and exit code 2."""
 
 import re
 import subprocess
 import sys
+import time
 
+import numpy as np
 import pytest
 
-from recurrent import __main__ as cli
+import recurrent
+from recurrent.app import cli, load_run
 
 
 def _run(capsys, *argv):
@@ -28,7 +32,8 @@ def test_default_train_learns_the_digits(capsys, tmp_path):
     import jax
     import numpy as np
 
-    from recurrent import checkpoint, train
+    from recurrent import checkpoint
+    from recurrent.app import train
 
     out = _run(capsys, "train", "--out", str(tmp_path))
     last = out.out.strip().splitlines()[-1]
@@ -68,7 +73,10 @@ def test_every_dataset_reports_its_metric(capsys, tmp_path, argv, metric, files)
     (["--hidden", "-3"], "--hidden must be a positive integer, got -3"),
     (["--layers", "0"], "--layers must be a positive integer, got 0"),
     (["--steps", "-1"], "--steps must be a positive integer"),
-    (["--lr", "0"], "--lr must be positive"),
+    (["--lr", "0"], "--lr must be a positive finite number"),
+    (["--lr", "inf"], "--lr must be a positive finite number, got inf"),
+    (["--lr", "nan"], "--lr must be a positive finite number, got nan"),
+    (["--seed", "-1"], "--seed must be in [0, 2**32), got -1"),
     (["--dataset", "adding", "--length", "1"], "--length must be at least 2"),
     (["--dataset", "pysource", "--bidirectional"], "--bidirectional does not apply"),
     (["--epochs", "two"], "invalid int value: 'two'"),
@@ -76,6 +84,40 @@ def test_every_dataset_reports_its_metric(capsys, tmp_path, argv, metric, files)
 ])
 def test_bad_arguments_end_in_one_line(capsys, argv, message):
     assert message in _error(capsys, "train", *argv)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch-size", "100000"], "--batch-size 100000 is larger than the training set "
+                                 "(1438 examples)"),
+    (["--dataset", "co2", "--length", "1000"], "--length 1000 is too long for the co2"),
+    (["--dataset", "co2", "--length", "420"], "--batch-size 32 is larger than the training "
+                                              "set (1 examples)"),
+    (["--dataset", "pysource", "--length", "10000000"], "--length 10000000 is too long"),
+])
+def test_sizes_the_data_cannot_serve_end_in_one_line_before_training(capsys, tmp_path, argv,
+                                                                     message):
+    """These hung (no batch was ever drawn) or ended in a traceback."""
+    start = time.monotonic()
+    assert message in _error(capsys, "train", *argv, "--steps", "2", "--out", str(tmp_path))
+    assert time.monotonic() - start < 60  # loading the data; nothing is trained
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_diverged_run_ends_in_one_line_and_saves_nothing(capsys, monkeypatch, tmp_path):
+    from recurrent.app import tasks
+
+    def nan_task(args, out, params=None):
+        return tasks.Result(None, {"w": np.full(3, np.nan)}, np.array([1.0, np.inf, np.nan]),
+                            [], ["test accuracy: 0.100"])
+
+    monkeypatch.setitem(cli.TASKS, "digits", cli.TASKS["digits"]._replace(run=nan_task))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--out", str(tmp_path)])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["python -m recurrent train: training diverged: the loss is inf from step 2; "
+                   "try a smaller --lr (nothing saved)"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unwritable_out_ends_in_one_line(capsys, tmp_path):
@@ -103,25 +145,38 @@ def test_help_documents_every_dataset(capsys):
         assert word in help_text
 
 
-def test_bench_runs_the_benchmark_script(capsys, monkeypatch, tmp_path):
-    script = tmp_path / "bench_cpu.py"
-    # A dataclass with postponed annotations needs its module in sys.modules, as flax's do.
-    script.write_text("from __future__ import annotations\n\nimport dataclasses\n\n\n"
-                      "@dataclasses.dataclass\nclass Config:\n"
-                      "    repeats: int = 1\n\n\n"
-                      "def main(argv):\n    print('bench', argv)\n    return 0\n")
-    monkeypatch.setattr(cli, "_BENCH", script)
-    assert cli.main(["bench", "--quick"]) == 0
-    assert capsys.readouterr().out == "bench ['--quick']\n"
+def test_a_saved_run_loads_and_evaluates_to_its_metric(capsys, tmp_path):
+    import jax
+    import numpy as np
+
+    trained = _run(capsys, "train", "--dataset", "adding", "--model", "gru", "--hidden", "8",
+                   "--length", "5", "--steps", "3", "--out", str(tmp_path)).out
+    run = load_run(tmp_path)
+    assert (run.args.dataset, run.network.kind, run.network.hidden) == ("adding", "gru", 8)
+    like = run.network.init(jax.random.PRNGKey(0))
+    assert jax.tree.structure(run.params) == jax.tree.structure(like)
+    assert not np.allclose(run.params["head"], like["head"])  # the trained params
+    evaluated = _run(capsys, "evaluate", "--run", str(tmp_path)).out
+    assert evaluated.strip().splitlines()[-1] == trained.strip().splitlines()[-1]
 
 
-def test_bench_without_the_script_ends_in_one_line(capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr(cli, "_BENCH", tmp_path / "missing.py")
-    assert "source checkout" in _error(capsys, "bench")
+def test_evaluate_without_a_run_ends_in_one_line(capsys, tmp_path):
+    assert "no run.json in" in _error(capsys, "evaluate", "--run", str(tmp_path))
 
 
-def test_bench_without_its_dependencies_ends_in_one_line(capsys, monkeypatch, tmp_path):
-    script = tmp_path / "bench_cpu.py"
-    script.write_text("import a_module_that_is_not_installed\n")
-    monkeypatch.setattr(cli, "_BENCH", script)
-    assert "bench needs a_module_that_is_not_installed" in _error(capsys, "bench")
+def test_version_is_the_package_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == recurrent.__version__
+
+
+def test_a_missing_examples_extra_ends_in_one_line_naming_it():
+    hide = ("import runpy, sys; sys.modules['tqdm'] = None; "
+            "runpy.run_module('recurrent', run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", hide, "train"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "python -m recurrent needs tqdm, which comes with the examples extra: "
+        'pip install "jax-recurrent[examples]"']

@@ -11,7 +11,7 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("
 # Installs from the repository only when this project's recurrent is missing (PyPI's
 # "recurrent" is an unrelated package, so the guard also checks for recurrent.lstm).
 INSTALL_GUARD = ('try:\n    import recurrent\n    if not hasattr(recurrent, "lstm"):',
-                 "except ImportError:\n    %pip install -q {REPO}")
+                 "except ImportError:\n    %pip install -q \"jax-recurrent[examples] @ {REPO}\"")
 
 
 def test_the_four_notebooks_are_there():

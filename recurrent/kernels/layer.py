@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from recurrent.cells import Cell, GRUParams, LSTMParams
 from recurrent.fast import directions_in, directions_out
+from recurrent.framing import clip_lengths
 from recurrent.kernels import persistent
 
 _PARAMS = {"lstm": LSTMParams, "gru": GRUParams}
@@ -189,8 +190,8 @@ def run_layer(cell: Cell, config: Config, layer, xs, carry, seq_lengths=None):
     hidden = layer[0].w_hh.shape[-1]
     stacked = jax.tree.map(lambda *p: jnp.stack(p), *layer)  # leaves (D, ...)
     lengths = (jnp.full((batch,), time, jnp.int32) if seq_lengths is None
-               else jnp.clip(seq_lengths, 0, time).astype(jnp.int32))
-    order, reorder = directions_in(xs, seq_lengths, num_dirs)  # (T, D, batch, I)
+               else clip_lengths(seq_lengths, time))
+    order, reorder, _ = directions_in(xs, seq_lengths, num_dirs)  # (T, D, batch, I)
     pad = config.plan.batch - batch  # padded rows have length 0: they never change
     order = jnp.pad(order, ((0, 0), (0, 0), (0, pad), (0, 0)))  # (T, D, Bp, I)
     xp = jax.vmap(cell.project, in_axes=(0, 1), out_axes=1)(stacked, order)  # (T, D, Bp, G*H)

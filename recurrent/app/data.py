@@ -111,3 +111,7 @@ def adding(n: int, length: int, rng: np.random.Generator) -> tuple[np.ndarray, n
     marker[np.arange(n), second] = 1
     x = np.stack([values, marker], axis=-1)  # (n, length, 2)
     return x, (values * marker).sum(axis=1)
+
+__all__ = [
+    "Series", "Split", "VOCAB", "adding", "co2", "decode", "digits", "python_source", "windows",
+]

@@ -1,9 +1,11 @@
 """The tasks of ``python -m recurrent train``, one function each.
 
-A task reads its data from :mod:`recurrent.data`, trains with :func:`recurrent.train.fit`
-and returns a :class:`Result`: the trained params, the loss per step, the plots it drew
-and the lines to print, the last of which is its test metric. ``args`` is the parsed
-command line (see ``python -m recurrent train --help``).
+A task reads its data from :mod:`recurrent.app.data`, trains with
+:func:`recurrent.app.train.fit`
+and returns a :class:`Result`: the network, the trained params, the loss per step, the
+plots it drew and the lines to print, the last of which is its test metric. ``args`` is
+the parsed command line (see ``python -m recurrent train --help``). Given ``params`` (a run
+saved by ``train``), a task skips training and evaluates them on the same test set.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from recurrent import data, train
+from recurrent.app import data, train
 
 
 class Result(NamedTuple):
-    """A trained task: ``params``, ``losses (steps,)``, the PNGs it wrote, and its report."""
+    """A trained task: its ``network``, ``params``, ``losses (steps,)`` (empty when it
+    evaluated given params), the PNGs it wrote, and its report."""
 
+    network: train.Network
     params: dict
     losses: np.ndarray
     plots: list[Path]
@@ -47,16 +51,31 @@ def _steps(args, train_size: int) -> int:
     return args.steps or args.epochs * max(1, train_size // args.batch_size)
 
 
+def _check_length(length: int, most: int, what: str) -> None:
+    """:class:`recurrent.app.train.UsageError` unless ``--length`` is at most ``most``, the
+    longest window that ``what`` (named in the message) leaves room for."""
+    if length > most:
+        raise train.UsageError(f"--length {length} is too long for {what}: at most {most}")
+
+
 def _desc(args) -> str:
     bi = "bidirectional " if args.bidirectional else ""
     return f"{bi}{args.model} x{args.layers} on {args.dataset}"
 
 
-def digits(args, out: Path) -> Result:
+def _fit(args, loss: Callable, init: dict, batches, train_size: int, params: dict | None):
+    """``(params, losses)``: ``init`` trained on ``batches`` for :func:`_steps`, or the given
+    ``params`` untouched (and no losses)."""
+    if params is not None:
+        return params, np.zeros(0)
+    return train.fit(loss, init, batches, _steps(args, train_size), args.lr, _desc(args))
+
+
+def digits(args, out: Path, params: dict | None = None) -> Result:
     """Classifies scikit-learn's 8x8 digits read row by row (8 steps of 8 pixels)."""
     split = data.digits(seed=args.seed)
-    params = train.init_network(jax.random.PRNGKey(args.seed), args.model, 8, args.hidden,
-                                args.layers, args.bidirectional, out_features=10)
+    network = train.Network(args.model, 8, args.hidden, args.layers, args.bidirectional,
+                            out_features=10)
 
     def logits(params, x):  # (batch, 8, 8) -> (batch, 10)
         return train.head(params, train.encode(args.model, params, x)[1])
@@ -66,18 +85,18 @@ def digits(args, out: Path) -> Result:
 
     batches = train.shuffled(np.random.default_rng(args.seed), args.batch_size,
                              split.x_train, split.y_train)
-    params, losses = train.fit(loss, params, batches, _steps(args, len(split.x_train)),
-                               args.lr, _desc(args))
+    params, losses = _fit(args, loss, network.init(jax.random.PRNGKey(args.seed)), batches,
+                          len(split.x_train), params)
     predicted = jnp.argmax(jax.jit(logits)(params, split.x_test), axis=-1)
     accuracy = float(jnp.mean(predicted == split.y_test))
-    return Result(params, losses, [], [f"test accuracy: {accuracy:.3f}"])
+    return Result(network, params, losses, [], [f"test accuracy: {accuracy:.3f}"])
 
 
 def _regression(args, input_size: int):
-    """``(params, predict, loss)`` of a network with one output: ``predict(params, x)``
+    """``(network, predict, loss)`` of a network with one output: ``predict(params, x)``
     maps ``x (batch, time, input_size)`` to ``(batch,)``, ``loss`` is its mean squared error."""
-    params = train.init_network(jax.random.PRNGKey(args.seed), args.model, input_size,
-                                args.hidden, args.layers, args.bidirectional, out_features=1)
+    network = train.Network(args.model, input_size, args.hidden, args.layers,
+                            args.bidirectional, out_features=1)
 
     def predict(params, x):  # (batch, time, input_size) -> (batch,)
         return train.head(params, train.encode(args.model, params, x)[1])[:, 0]
@@ -85,10 +104,10 @@ def _regression(args, input_size: int):
     def loss(params, x, y):
         return jnp.mean((predict(params, x) - y) ** 2)
 
-    return params, predict, loss
+    return network, predict, loss
 
 
-def co2(args, out: Path) -> Result:
+def co2(args, out: Path, params: dict | None = None) -> Result:
     """Forecasts next month's Mauna Loa CO2 from the ``--length`` months before it; the
     last fifth of the record (1993-2001) is the test set.
 
@@ -99,6 +118,8 @@ def co2(args, out: Path) -> Result:
     series = data.co2()
     values, years = series.values, series.years
     n_test = len(values) // 5
+    _check_length(args.length, len(values) - n_test - 1, f"the co2 series' {len(values)} "
+                  f"months less the {n_test} test months")
     x, y = data.windows(values, args.length)  # (n, length), (n,)
     last = x[:, -1:]  # (n, 1)
     scale = float(np.std(np.diff(values[:-n_test])))
@@ -107,12 +128,12 @@ def co2(args, out: Path) -> Result:
     train_x, test_x = inputs[:-n_test], inputs[-n_test:]
     train_y = targets[:-n_test]
 
-    params, predict, loss = _regression(args, input_size=1)
+    network, predict, loss = _regression(args, input_size=1)
 
     batches = train.shuffled(np.random.default_rng(args.seed), args.batch_size, train_x,
                              train_y)
-    params, losses = train.fit(loss, params, batches, _steps(args, len(train_x)), args.lr,
-                               _desc(args))
+    params, losses = _fit(args, loss, network.init(jax.random.PRNGKey(args.seed)), batches,
+                          len(train_x), params)
     forecast = last[-n_test:, 0] + scale * np.asarray(jax.jit(predict)(params, test_x))
     truth = y[-n_test:]
     mse = float(np.mean((forecast - truth) ** 2))
@@ -127,21 +148,23 @@ def co2(args, out: Path) -> Result:
     ax.set(xlabel="year", ylabel="CO2 (ppm)", title="Mauna Loa CO2: forecast on the test years")
     ax.legend()
     plot = train.save_figure(fig, out / "forecast.png")
-    return Result(params, losses, [plot], [
+    return Result(network, params, losses, [plot], [
         f"repeating the last month: test mse {persistence:.3f} ppm^2",
         f"test mse: {mse:.3f} ppm^2"])
 
 
-def pysource(args, out: Path) -> Result:
+def pysource(args, out: Path, params: dict | None = None) -> Result:
     """A character-level language model of the standard library's source: trained on
     ``--length``-character windows of the first 90% of the text, scored in bits per
     character on the rest, and sampled from."""
     codes = data.python_source(max_chars=1_000_000)
     split = len(codes) * 9 // 10
     train_codes, test_codes = codes[:split], codes[split:]
+    _check_length(args.length, len(test_codes) - 1, f"the {len(test_codes)} characters of "
+                  f"test text")
     length, embed = args.length, 32
-    params = train.init_network(jax.random.PRNGKey(args.seed), args.model, embed, args.hidden,
-                                args.layers, False, out_features=data.VOCAB, vocab=data.VOCAB)
+    network = train.Network(args.model, embed, args.hidden, args.layers, False,
+                            out_features=data.VOCAB, vocab=data.VOCAB)
 
     def logits(params, x):  # (batch, time) codes -> (batch, time, VOCAB)
         return train.head(params, train.encode(args.model, params, x)[0])
@@ -156,16 +179,16 @@ def pysource(args, out: Path) -> Result:
             starts = rng.integers(0, len(train_codes) - length - 1, args.batch_size)
             yield (train_codes[starts[:, None] + offsets].astype(np.int32),)
 
-    steps = _steps(args, len(train_codes) // length)
-    params, losses = train.fit(loss, params, batches(np.random.default_rng(args.seed)), steps,
-                               args.lr, _desc(args))
+    params, losses = _fit(args, loss, network.init(jax.random.PRNGKey(args.seed)),
+                          batches(np.random.default_rng(args.seed)),
+                          len(train_codes) // length, params)
     n_chunks = min(len(test_codes) // (length + 1), 256)
     chunks = test_codes[:n_chunks * (length + 1)].reshape(n_chunks, length + 1)
     bits = float(jax.jit(loss)(params, chunks.astype(np.int32))) / math.log(2)
     counts = np.bincount(train_codes, minlength=data.VOCAB) + 1  # add-one smoothing
     unigram = -np.mean(np.log2(counts / counts.sum())[chunks[:, 1:]])
     sample = generate(args.model, params, "def ", 300, jax.random.PRNGKey(args.seed))
-    return Result(params, losses, [], [
+    return Result(network, params, losses, [], [
         "sample:", sample, "-" * 40,
         f"character frequencies alone: {unigram:.3f} bits per character",
         f"test bits per character: {bits:.3f}"])
@@ -196,22 +219,22 @@ def generate(kind: str, params: dict, prompt: str, chars: int, key,
     return prompt + data.decode(jax.device_get(sample(key)))
 
 
-def adding(args, out: Path) -> Result:
+def adding(args, out: Path, params: dict | None = None) -> Result:
     """The adding problem at ``--length`` steps: regress the sum of the two marked values.
     Every batch is freshly drawn; an epoch is 10,000 sequences."""
     rng = np.random.default_rng(args.seed)
     test_x, test_y = data.adding(1000, args.length, np.random.default_rng(args.seed + 1))
-    params, predict, loss = _regression(args, input_size=2)
+    network, predict, loss = _regression(args, input_size=2)
 
     def batches():
         while True:
             yield data.adding(args.batch_size, args.length, rng)
 
-    params, losses = train.fit(loss, params, batches(), _steps(args, 10_000), args.lr,
-                               _desc(args))
+    params, losses = _fit(args, loss, network.init(jax.random.PRNGKey(args.seed)), batches(),
+                          10_000, params)
     mse = float(jax.jit(loss)(params, test_x, test_y))
     baseline = float(np.mean((1 - test_y) ** 2))
-    return Result(params, losses, [], [
+    return Result(network, params, losses, [], [
         f"test mse: {mse:.4f} (always predicting 1: {baseline:.3f})"])
 
 
@@ -225,3 +248,5 @@ TASKS = {
     "adding": Task(adding, "the adding problem (Hochreiter & Schmidhuber 1997)",
                    hidden=64, epochs=10, batch_size=64, lr=5e-3, length=50),
 }
+
+__all__ = ["Result", "TASKS", "Task", "generate"]

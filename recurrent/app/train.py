@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +46,23 @@ def init_network(key, kind: str, input_size: int, hidden: int, num_layers: int,
     return params
 
 
+class Network(NamedTuple):
+    """The network of a task: a ``kind`` layer with a linear head, and with ``vocab`` an
+    embedding of integer codes; :func:`init_network`'s arguments after the key."""
+
+    kind: str
+    input_size: int
+    hidden: int
+    num_layers: int
+    bidirectional: bool
+    out_features: int
+    vocab: int | None = None
+
+    def init(self, key: jax.Array) -> dict:
+        """Freshly initialised params (see :func:`init_network`)."""
+        return init_network(key, *self)
+
+
 def encode(kind: str, params: dict, x, seq_lengths=None):
     """Runs the layer: ``x (batch, time, input)`` (or integer codes ``(batch, time)`` when
     ``params`` has ``"embed"``) to ``(ys, last)``: every step's output
@@ -64,14 +82,28 @@ def head(params: dict, features):
     return features @ params["head"] + params["bias"]
 
 
+class UsageError(ValueError):
+    """An option of the command line that the data cannot serve (e.g. a batch larger than
+    the training set); the message names the option. Raised before training starts."""
+
+
 def shuffled(rng: np.random.Generator, batch_size: int, *arrays) -> Iterator[tuple]:
-    """Endless minibatches of ``arrays`` (all of the same length), reshuffled every epoch."""
+    """Endless minibatches of ``arrays`` (all of the same length), reshuffled every epoch;
+    :class:`UsageError` at once if they hold less than one batch (the loop would never
+    yield)."""
     n = len(arrays[0])
-    while True:
-        order = rng.permutation(n)
-        for s in range(n // batch_size):
-            idx = order[s * batch_size:(s + 1) * batch_size]
-            yield tuple(a[idx] for a in arrays)
+    if n < batch_size:
+        raise UsageError(f"--batch-size {batch_size} is larger than the training set "
+                         f"({n} examples)")
+
+    def batches():
+        while True:
+            order = rng.permutation(n)
+            for s in range(n // batch_size):
+                idx = order[s * batch_size:(s + 1) * batch_size]
+                yield tuple(a[idx] for a in arrays)
+
+    return batches()
 
 
 def fit(loss_fn: Callable, params, batches: Iterator[tuple], steps: int, lr: float,
@@ -111,15 +143,6 @@ def check_writable(out: str | os.PathLike) -> Path:
     return out
 
 
-def save_checkpoint(params, directory: Path) -> Path:
-    """Writes ``params`` with orbax under ``directory``, replacing an earlier checkpoint;
-    :func:`recurrent.checkpoint.restore` reads it back."""
-    from recurrent import checkpoint
-
-    checkpoint.save(directory, params, overwrite=True)
-    return directory
-
-
 def save_loss_curve(losses: np.ndarray, path: Path, title: str) -> Path:
     """Plots the training loss per step (and its moving average) to the PNG ``path``."""
     fig, ax = figure()
@@ -150,3 +173,8 @@ def save_figure(fig, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+__all__ = [
+    "LAYERS", "Network", "check_writable", "encode", "figure", "fit", "head", "init_network",
+    "UsageError", "save_figure", "save_loss_curve", "shuffled",
+]
