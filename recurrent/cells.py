@@ -237,13 +237,18 @@ def _gate_mask(gates, hidden_size, tanh_gates):
     return jnp.isin(block, jnp.asarray(tanh_gates))
 
 
-def _cell_from(recurrence, carry_keys, dtype):
-    """``activations`` and ``step`` from ``recurrence`` with the plain recurrent matmul."""
+def _cell_from(recurrence, carry_keys, dtype, params_type):
+    """``activations`` and ``step`` from ``recurrence`` with the plain recurrent matmul;
+    ``step`` names params of another type than ``params_type`` (a GRU's in an LSTM cell
+    would otherwise reach a broadcasting error)."""
 
     def activations(params, carry, xp_t):
         return recurrence(params, carry, xp_t, _plain_matmul(params, dtype), sigmoid_tanh)
 
     def step(params, carry, xp_t):
+        if type(params) is not params_type:
+            raise TypeError(f"step: params is {type(params).__name__}; expected "
+                            f"{params_type.__name__} (as made by this cell's init)")
         a = activations(params, carry, xp_t)
         new = tuple(a[k] for k in carry_keys)
         return (new if len(new) > 1 else new[0]), a["h"]
@@ -374,7 +379,7 @@ def lstm_cell(hidden_size: int, *, proj_size: int = 0, peephole: bool = False,
             h = _matmul(h, params.w_hr, dtype)  # (batch, H) -> (batch, P)
         return dict(i=i, f=f, g=g, o=o, c=c, h=h)
 
-    activations, step = _cell_from(recurrence, ("h", "c"), dtype)
+    activations, step = _cell_from(recurrence, ("h", "c"), dtype, LSTMParams)
     return Cell(init, project, step, _zeros_carry(H, pair=True, output_size=proj_size or None),
                 activations, LSTMParams, 4, recurrence, ("h", "c"), dtype)
 
@@ -444,7 +449,7 @@ def gru_cell(hidden_size: int, *, reset_after: bool = True, layer_norm: bool = F
             n = act(x_n + h_n, True)
         return dict(r=r, z=z, n=n, h=(1 - z) * n + z * h)
 
-    activations, step = _cell_from(recurrence, ("h",), dtype)
+    activations, step = _cell_from(recurrence, ("h",), dtype, GRUParams)
     return Cell(init, project, step, _zeros_carry(H, pair=False), activations, GRUParams, 3,
                 recurrence, ("h",), dtype)
 
@@ -470,7 +475,7 @@ def rnn_cell(hidden_size: int, *, nonlinearity: str = "tanh", bias: bool = True,
         pre = xp_t + matmul(carry, ALL_ROWS)  # (batch, H)
         return dict(h=act(pre, True) if nonlinearity == "tanh" else jax.nn.relu(pre))
 
-    activations, step = _cell_from(recurrence, ("h",), dtype)
+    activations, step = _cell_from(recurrence, ("h",), dtype, RNNParams)
     return Cell(init, project, step, _zeros_carry(hidden_size, pair=False), activations,
                 RNNParams, 1, recurrence, ("h",), dtype)
 

@@ -163,7 +163,8 @@ def regularized_cell(cell: Cell, reg: Regularization, recurrent_mask=None,
                 a[k] = jnp.where(flags[k] > 0, previous[k], a[k])
         return a
 
-    activations, step = _cell_from(recurrence, cell.carry_keys, cell.dtype)
+    activations, step = _cell_from(recurrence, cell.carry_keys, cell.dtype,
+                                   cell.params_type)
     return cell._replace(project=project, step=step, activations=activations,
                          recurrence=None)
 

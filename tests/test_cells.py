@@ -96,3 +96,22 @@ def test_initial_carry_shapes():
     h, c = recurrent.lstm_cell(H).initial_carry((2, 3), jnp.float32)
     assert h.shape == c.shape == (2, 3, H) and not h.any()
     assert recurrent.gru_cell(H).initial_carry((2,), jnp.float32).shape == (2, H)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn", "mingru", "minlstm"])
+def test_step_names_params_of_another_cell(kind):
+    """A cell's step given another cell's params raises a TypeError naming both types (an
+    LSTM step given a GRU's params reached a broadcasting error)."""
+    makers = {"lstm": recurrent.lstm_cell, "gru": recurrent.gru_cell,
+              "rnn": recurrent.rnn_cell, "mingru": recurrent.minimal.mingru_cell,
+              "minlstm": recurrent.minimal.minlstm_cell}
+    cell = makers[kind](H)
+    carry = cell.initial_carry((B,), jnp.float32)
+    xp = jnp.zeros((B, cell.gates * H))
+    assert _one_step(cell, cell.init(KEY, I), carry, jnp.ones((B, I)))[1].shape == (B, H)
+    for other, make in makers.items():
+        if other != kind:
+            params = make(H).init(KEY, I)
+            with pytest.raises(TypeError, match=f"params is {type(params).__name__}; "
+                                                f"expected {cell.params_type.__name__}"):
+                cell.step(params, carry, xp)
