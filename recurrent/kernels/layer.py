@@ -191,7 +191,7 @@ def run_layer(cell: Cell, config: Config, layer, xs, carry, seq_lengths=None):
     stacked = jax.tree.map(lambda *p: jnp.stack(p), *layer)  # leaves (D, ...)
     lengths = (jnp.full((batch,), time, jnp.int32) if seq_lengths is None
                else clip_lengths(seq_lengths, time))
-    order, reorder, _ = directions_in(xs, seq_lengths, num_dirs)  # (T, D, batch, I)
+    order, reorder, valid = directions_in(xs, seq_lengths, num_dirs)  # (T, D, batch, I)
     pad = config.plan.batch - batch  # padded rows have length 0: they never change
     order = jnp.pad(order, ((0, 0), (0, 0), (0, pad), (0, 0)))  # (T, D, Bp, I)
     xp = jax.vmap(cell.project, in_axes=(0, 1), out_axes=1)(stacked, order)  # (T, D, Bp, G*H)
@@ -203,6 +203,7 @@ def run_layer(cell: Cell, config: Config, layer, xs, carry, seq_lengths=None):
                           b_hn.astype(jnp.float32), h0, c0, jnp.pad(lengths, (0, pad)))
     hs = hs[:, :, :batch]  # (T, D, batch, H)
     h_n = hs[-1]  # rows past their length kept their state: this is it at the last valid step
-    valid = jnp.arange(time)[:, None] < lengths[None, :]  # (T, batch)
-    ys = directions_out(jnp.where(valid[:, None, :, None], hs, 0), reorder)
+    if valid is not None:  # (T, batch), from directions_in: zero past each length
+        hs = jnp.where(valid[:, None, :, None], hs, 0)
+    ys = directions_out(hs, reorder)
     return ys, ((h_n, c_n[:, :batch]) if config.kind == "lstm" else h_n)
