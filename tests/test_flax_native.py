@@ -263,7 +263,7 @@ def test_cells_refuse_a_wrong_carry(make, case):
 
 
 @pytest.mark.parametrize("cell", [recurrent.lstm_cell(3), recurrent.gru_cell(3),
-                                  recurrent.rnn_cell(3)])
+                                  recurrent.rnn_cell(3), recurrent.minimal.mingru_cell(3)])
 def test_functional_cells_refuse_a_wrong_carry(cell):
     params = cell.init(jax.random.key(0), 4)
     xp = cell.project(params, X[:, 0])  # (3, G * 3)
