@@ -91,7 +91,7 @@ def from_legacy(tree):
 
         raw = orbax.checkpoint.StandardCheckpointer().restore(old_path)
         variables = {"params": recurrent.module_params.from_legacy(raw["params"])}  # Linen
-        nnx.update(model, recurrent.module_params.from_legacy(raw))                  # NNX
+        nnx.update(model, recurrent.module_params.from_legacy(raw))  # NNX: nnx.Param state
     """
     if not isinstance(tree, Mapping):
         return tree
