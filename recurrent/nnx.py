@@ -278,7 +278,9 @@ _ARGS_DOC = """
         an ``initial_state`` passed at call replaces it) and ``axis_names`` (``None`` or a
         mapping from weight name to logical axis names, e.g.
         :data:`recurrent.module_options.AXIS_NAMES`, set as each ``nnx.Param``'s
-        ``out_sharding``). An unknown option raises ``TypeError``.
+        ``out_sharding``; create the model under ``jax.set_mesh(mesh)`` and
+        ``flax.linen.logical_axis_rules(rules)`` to shard the weights as they are made).
+        An unknown option raises ``TypeError``.
 """
 
 

@@ -357,3 +357,14 @@ def test_axis_names_shard_over_eight_devices():
     assert result["nnx_names"] == ["rnn_gates", "rnn_hidden"]
     with pytest.raises(ValueError, match="LSTM: axis_names has no entry for the weight 'w_hh'"):
         rn.LSTM(4, 2, axis_names={"w_ih": ("a", "b")}, rngs=nnx.Rngs(0))
+
+
+def test_bad_module_options_are_clear_errors():
+    with pytest.raises(ValueError, match="LSTMCell: carry_order must be 'torch'"):
+        _linen_cell("LSTMCell", carry_order="jax")
+    with pytest.raises(ValueError, match="LSTMCell: carry_order must be 'torch'"):
+        _nnx_cell("LSTMCell", carry_order="jax")
+    with pytest.raises(TypeError, match="GRU: axis_names must be None or a mapping"):
+        rl.GRU(3, axis_names=("rnn_gates",)).init(jax.random.key(0), X)
+    with pytest.raises(TypeError, match="GRUCell: unexpected option\\(s\\) proj_size"):
+        _nnx_cell("GRUCell", proj_size=2)
