@@ -64,7 +64,7 @@ def _declare(module: nn.Module, make: Callable, axis_names, owner: str):
     """Declares one param of ``module`` per weight of ``make(key)`` (a params NamedTuple),
     named by its field and skipping ``None`` fields; returns the NamedTuple of the params.
     With ``axis_names``, each param carries its logical axis names."""
-    shapes = jax.eval_shape(make, jax.random.key(0))
+    shapes = jax.eval_shape(lambda: make(jax.random.key(0)))
     values = {}
     for name, shape in shapes._asdict().items():
         if shape is None:
@@ -142,8 +142,8 @@ class _Stack(nn.Module):
         init_fn, _, make_cell, _ = self._functions()
         options = module_options.options_to(self, "init")
         shapes = jax.eval_shape(  # checks the sizes and options as init_fn does
-            lambda key: init_fn(key, input_size, self.hidden_size, self.num_layers,
-                                self.bidirectional, **options), jax.random.key(0))
+            lambda: init_fn(jax.random.key(0), input_size, self.hidden_size,
+                            self.num_layers, self.bidirectional, **options))
         cell = make_cell(self.hidden_size, **options)
         return tuple(
             _Layer(tuple(functools.partial(cell.init, input_size=p.w_ih.shape[1])

@@ -43,7 +43,8 @@ def test_linen_params_are_one_array_per_weight_named_by_place():
     assert all(isinstance(a, jax.Array) for a in flat.values())
     assert flat[("layer_1", "backward", "w_ih")].shape == (32, 16)
     options = rl.LSTM(8, proj_size=2, peephole=True, layer_norm=True, bias=False)
-    flat = flax.traverse_util.flatten_dict(options.init(jax.random.key(0), X)["params"])
+    flat = flax.traverse_util.flatten_dict(
+        jax.eval_shape(options.init, jax.random.key(0), X)["params"])
     assert sorted(k[-1] for k in flat) == sorted(
         ["w_ih", "w_hh", "w_hr", "w_ci", "w_cf", "w_co", "gamma_ih", "gamma_hh", "gamma_c",
          "beta_c"])
@@ -368,3 +369,19 @@ def test_bad_module_options_are_clear_errors():
         rl.GRU(3, axis_names=("rnn_gates",)).init(jax.random.key(0), X)
     with pytest.raises(TypeError, match="GRUCell: unexpected option\\(s\\) proj_size"):
         _nnx_cell("GRUCell", proj_size=2)
+
+
+def test_modules_trace_to_the_functional_layer():
+    """Converting the params inside ``__call__`` costs nothing: the modules' programs are
+    the functional layer's, primitive for primitive."""
+    module = rl.LSTM(3, num_layers=2, bidirectional=True)
+    variables = module.init(jax.random.key(0), X)
+    model = rn.LSTM(4, 3, num_layers=2, bidirectional=True, rngs=nnx.Rngs(0))
+    graph, state = nnx.split(model)
+
+    def primitives(f, *args):
+        return [e.primitive.name for e in jax.make_jaxpr(f)(*args).jaxpr.eqns]
+
+    want = primitives(lambda p: recurrent.lstm(p, X)[0], module.get_params(variables["params"]))
+    assert primitives(lambda v: module.apply(v, X), variables) == want
+    assert primitives(lambda s: nnx.merge(graph, s)(X), state) == want
