@@ -1,0 +1,50 @@
+"""The documentation site: every public name has a page in the API reference
+(``bash .ci/docs.sh`` builds the site and fails on a reference to a name without one)."""
+
+import importlib
+import re
+import types
+from pathlib import Path
+
+import recurrent
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+def public_names() -> set[str]:
+    """``recurrent.__all__``, and each public submodule's ``__all__`` (or, without one,
+    the functions and classes it defines that do not start with ``_``)."""
+    names = {"recurrent"}
+    for name in recurrent.__all__:
+        value = getattr(recurrent, name)
+        if not isinstance(value, types.ModuleType):
+            names.add(f"recurrent.{name}")
+            continue
+        module = importlib.import_module(f"recurrent.{name}")
+        names.add(module.__name__)
+        exported = getattr(module, "__all__", None)
+        if exported is None:
+            exported = [n for n, v in vars(module).items() if not n.startswith("_")
+                        and getattr(v, "__module__", None) == module.__name__]
+        names.update(f"{module.__name__}.{n}" for n in exported)
+    return names
+
+
+def documented_names() -> set[str]:
+    """Modules with an ``automodule`` and the names in the ``autosummary`` after it, on
+    the pages of docs/api/."""
+    names = set()
+    for page in (DOCS / "api").glob("*.md"):
+        module = None
+        for line in page.read_text().splitlines():
+            if match := re.match(r"\.\. (?:auto|current)module:: (\S+)", line.strip()):
+                module = match.group(1)
+                names.add(module)
+            elif module and re.fullmatch(r"   [A-Za-z_]\w*", line):
+                names.add(f"{module}.{line.strip()}")
+    return names
+
+
+def test_every_public_name_has_an_api_page():
+    missing = public_names() - documented_names()
+    assert not missing, f"public names without a page in docs/api/: {sorted(missing)}"
+    extra = documented_names() - public_names()
+    assert not extra, f"docs/api/ documents names that are not public: {sorted(extra)}"
