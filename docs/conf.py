@@ -51,7 +51,7 @@ for target, (source, pattern) in GENERATED.items():
         if not copy.exists() or copy.read_bytes() != path.read_bytes():
             shutil.copyfile(path, copy)  # only when changed: Sphinx rebuilds what is newer
 
-exclude_patterns = ["_build", "**/.ipynb_checkpoints", "benchmarks"]
+exclude_patterns = ["_build", "**/.ipynb_checkpoints"]
 # A class's page documents its own members (autosummary's default table also lists those
 # it inherits, e.g. every method of flax's nnx.Module, which have no page here).
 templates_path = ["_templates"]
