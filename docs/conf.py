@@ -7,10 +7,14 @@ read by napoleon), and the notebooks render with their saved outputs. (equinox's
 Material would need its own docstring renderer and notebook plugin.)
 """
 
+import ast
+import inspect
 import shutil
 import sys
 import tomllib
 from pathlib import Path
+
+from sphinx.pycode import ModuleAnalyzer
 
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
@@ -102,5 +106,35 @@ def skip_namedtuple_fields(app, what, name, obj, skip, options):
     return skip
 
 
+def alias_comment(app, what, name, obj, options, lines):
+    """A type alias that a module imports (``recurrent.Params`` from ``recurrent.layers``)
+    gets the ``#:`` comment it has where it is defined: autodoc reads such comments only in
+    the module it documents, and would show the docstring of the alias's type instead."""
+    module_name, _, short = name.rpartition(".")
+    if what != "data" or module_name not in sys.modules:
+        return
+    source = Path(sys.modules[module_name].__file__).read_text()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module and any(
+                (alias.asname or alias.name) == short for alias in node.names):
+            comment = ModuleAnalyzer.for_module(node.module).find_attr_docs().get(("", short))
+            if comment:
+                lines[:] = list(comment)
+            return
+
+
+def init_signature(app, what, name, obj, options, signature, return_annotation):
+    """An NNX module's signature is its ``__init__``'s: autodoc would show the
+    ``(*args, **kwargs)`` of its metaclass's ``__call__``."""
+    if what != "class" or not (signature or "").startswith("(*args"):
+        return None
+    init = inspect.signature(obj.__init__, eval_str=True)
+    init = init.replace(parameters=list(init.parameters.values())[1:],  # without self
+                        return_annotation=inspect.Signature.empty)
+    return str(init), None
+
+
 def setup(app):
+    app.connect("autodoc-process-signature", init_signature)
     app.connect("autodoc-skip-member", skip_namedtuple_fields)
+    app.connect("autodoc-process-docstring", alias_comment)
