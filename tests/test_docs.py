@@ -16,7 +16,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 CONTINUES = {"guide/checkpoints.md": "guide/flax.md", "guide/data_parallel.md":
              "guide/checkpoints.md"}
 # Copies of the notebooks and benchmark results (docs/conf.py), and the build.
-GENERATED = ("_build", "notebooks", "benchmarks/results", "api/_autosummary")
+GENERATED = ("_build/", "notebooks/", "benchmarks/results/", "api/_autosummary/")
 
 
 def python_blocks(page: str) -> list[str]:
