@@ -75,7 +75,10 @@ def execute(path: Path, timeout: int = 600) -> float:
     """Run the notebook at ``path`` in a fresh kernel, stamp and save it; returns seconds."""
     notebook = nbformat.read(path, as_version=4)
     set_colab_link(notebook, path)
+    for cell in notebook.cells:
+        cell.metadata.pop("execution", None)  # timestamps of an earlier run
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                            record_timing=False,  # nor of this one: re-runs change less
                             resources={"metadata": {"path": str(NOTEBOOKS)}})
     start = time.perf_counter()
     client.execute(env=kernel_env())  # raises CellExecutionError, with the cell and traceback
