@@ -29,6 +29,7 @@ RUN_CELL = textwrap.dedent("""
     import importlib.metadata, json, sys
     from IPython.core.interactiveshell import InteractiveShell
     {before}
+    imported = sys.modules.get("recurrent")
     shell = InteractiveShell.instance()
     shell.run_cell(sys.stdin.read())
     module = sys.modules.get("recurrent")
@@ -36,6 +37,7 @@ RUN_CELL = textwrap.dedent("""
     print(json.dumps({{"file": getattr(module, "__file__", None),
                       "ours": hasattr(module, "init_lstm"),
                       "same_in_notebook": shell.user_ns.get("recurrent") is module,
+                      "kept": module is imported,
                       "unrelated_installed": "recurrent" in names}}))
 """)
 
@@ -146,3 +148,9 @@ def test_first_cell_fails_with_one_sentence(cold, wheels):
     assert last.startswith("SetupError: `pip install jax-recurrent[examples]` failed ("), output
     assert last.endswith("run this cell again"), output
     assert "Traceback" not in output and "/bin/" not in output
+
+
+def test_first_cell_run_again_keeps_the_imported_recurrent(cold, wheels):
+    # Params made before would not be the re-imported module's LSTMParams; nothing to install.
+    report, output, _ = cold(wheels["empty"], before="import recurrent", path=[ROOT])
+    assert report["ours"] and report["kept"], output
