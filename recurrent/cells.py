@@ -1,7 +1,7 @@
 """Recurrent cells as NamedTuples of pure functions.
 
 A cell splits one time step into two halves so that the expensive input half can be
-computed for a whole sequence with a single matmul outside the scan:
+computed for a whole sequence with a single matmul outside the scan::
 
     xp = cell.project(params, x)             # (..., gates * hidden), all steps at once
     carry, y_t = cell.step(params, carry, xp[t])   # the scan body, one step
@@ -10,13 +10,13 @@ Weights use torch's layout and gate order, so a state dict maps onto them one to
 ``w_ih`` is ``(gates * hidden, input)``, ``w_hh`` is ``(gates * hidden, hidden)``, and the
 biases ``b_ih``, ``b_hh`` are ``(gates * hidden,)`` (or ``None`` without bias).
 
-=====  =====  ======================================================================
-cell   gates  step
-=====  =====  ======================================================================
+=====  =======  ======================================================================
+cell   gates    step
+=====  =======  ======================================================================
 LSTM   i f g o  ``c' = f*c + i*g``, ``h' = o*tanh(c')``
 GRU    r z n    ``n = tanh(W_in x + b_in + r*(W_hn h + b_hn))``, ``h' = (1-z)*n + z*h``
 RNN    --       ``h' = tanh(W_ih x + b_ih + W_hh h + b_hh)`` (or relu)
-=====  =====  ======================================================================
+=====  =======  ======================================================================
 
 Options that compose: :func:`lstm_cell`'s ``proj_size`` (torch's LSTMP), ``peephole`` and
 ``layer_norm``, and :func:`gru_cell`'s ``layer_norm``. Their weights are extra fields of

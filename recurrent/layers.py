@@ -363,8 +363,9 @@ _OPTIONS_DOC = """
       deterministic: a Python bool; evaluation: no dropout of any kind (``dropout``
         included) and each zoneout by its expectation, ``h = p * h_prev + (1 - p) *
         h_new``; no ``key`` needed.
-      return_activations: also return every gate and state at every step.
-
+      return_activations: also return every gate and state at every step."""
+_OPTIONS_NOTE = """
+    Note:
       A positive zoneout, a positive dropout in training, or ``return_activations`` runs
       the scan of ``impl="reference"``, also when ``impl="auto"`` (the default) or
       ``"fast"`` is asked for; ``"pallas"`` and the DEER impls refuse them. Otherwise
@@ -394,7 +395,7 @@ def _document(fn_name: str, state_in: str, state_out: str, state_desc: str,
     if activations is not None:
         cell_zoneout = _CELL_ZONEOUT_DOC if fn_name == "lstm" else ""
         options_doc = _OPTIONS_DOC.format(cell_zoneout=cell_zoneout)
-        returns_doc = _ACTIVATIONS_DOC.format(keys=activations)
+        returns_doc = _ACTIVATIONS_DOC.format(keys=activations) + _OPTIONS_NOTE
 
     def wrap(f: _F) -> _F:
         f.__doc__ = (f.__doc__ or "") + _LAYER_DOC.format(

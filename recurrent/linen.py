@@ -279,7 +279,7 @@ class LSTM(_CellStack, LSTMOptions):
     The cell options ``proj_size``, ``peephole``, ``layer_norm``, ``forget_bias`` are those
     of :func:`recurrent.cells.lstm_cell`; with ``proj_size=P``, ``y`` and ``h`` are ``P``
     wide per direction. ``cell_zoneout`` is zoneout of ``c``.
-    """ + _OPTIONS_DOC
+    """
 
     _pair = True
 
@@ -287,6 +287,9 @@ class LSTM(_CellStack, LSTMOptions):
     def _functions(self):
         return layers.init_lstm, layers.lstm, cells.lstm_cell, cells.LSTMParams
 
+
+
+LSTM.__doc__ = (LSTM.__doc__ or "") + _OPTIONS_DOC
 
 class GRU(_CellStack, GRUOptions):
     """``torch.nn.GRU`` as a Linen module around :func:`recurrent.gru`; attributes as

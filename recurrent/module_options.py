@@ -17,8 +17,6 @@ dataclass as ``module.options``. Every field says where it goes (its ``metadata[
 Names and defaults are those of the functional layers and cells.
 """
 
-from __future__ import annotations
-
 import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any

@@ -297,13 +297,16 @@ class LSTM(_CellStack):
     The cell options ``proj_size``, ``peephole``, ``layer_norm``, ``forget_bias`` are those
     of :func:`recurrent.cells.lstm_cell`; with ``proj_size=P``, ``y`` and ``h`` are ``P``
     wide per direction. ``cell_zoneout`` is zoneout of ``c``.
-    """ + _ARGS_DOC
+    """
 
     _init = staticmethod(layers.init_lstm)
     _layer = staticmethod(layers.lstm)
     _options_type = LSTMOptions
     _pair = True
 
+
+
+LSTM.__doc__ = (LSTM.__doc__ or "") + _ARGS_DOC
 
 class GRU(_CellStack):
     """``torch.nn.GRU`` as an NNX module around :func:`recurrent.gru`; arguments as

@@ -62,7 +62,7 @@ class Regularization(NamedTuple):
 
     @property
     def random(self) -> bool:
-        """Whether masks are drawn: training with a positive rate."""
+        """Whether masks are drawn (in training, with a positive rate)."""
         return not self.deterministic and any(r > 0 for r in self.rates().values())
 
     @property

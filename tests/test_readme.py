@@ -1,4 +1,5 @@
-"""The README's Python examples run, in order, as one script (they carry their own asserts)."""
+"""The README's Python examples run, in order, as one script (they carry their own asserts);
+the documentation pages' examples run the same way in tests/test_docs.py."""
 
 import re
 from pathlib import Path
@@ -8,7 +9,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 def test_readme_python_blocks_run_in_order():
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    assert len(blocks) >= 5, "the README lost its examples"
+    assert blocks, "the README lost its quickstart"
     namespace = {}
     for k, block in enumerate(blocks):
         exec(compile(block, f"README.md python block {k}", "exec"), namespace)
