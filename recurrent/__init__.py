@@ -14,6 +14,8 @@ from recurrent import cells as cells
 from recurrent import deer as deer
 from recurrent import interop as interop
 from recurrent import minimal as minimal
+from recurrent import module_options as module_options
+from recurrent import module_params as module_params
 from recurrent import regularize as regularize
 from recurrent import sharding as sharding
 from recurrent.cells import Cell as Cell
@@ -63,6 +65,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "Cell", "GRUParams", "LSTMParams", "Params", "RNNParams", "cells", "checkpoint", "deer",
     "gru", "gru_cell", "init_gru", "init_lstm", "init_mingru", "init_minlstm", "init_rnn",
-    "interop", "kernels", "linen", "lstm", "lstm_cell", "mingru", "minimal", "minlstm", "nnx",
+    "interop", "kernels", "linen", "lstm", "lstm_cell", "mingru", "minimal", "minlstm",
+    "module_options", "module_params", "nnx",
     "onnx", "regularize", "rnn", "rnn_cell", "sharding", "truncated_bptt", "unroll",
 ]

@@ -237,10 +237,11 @@ def _gate_mask(gates, hidden_size, tanh_gates):
     return jnp.isin(block, jnp.asarray(tanh_gates))
 
 
-def _cell_from(recurrence, carry_keys, dtype, params_type):
+def _cell_from(recurrence, carry_keys, dtype, params_type, initial_carry=None):
     """``activations`` and ``step`` from ``recurrence`` with the plain recurrent matmul;
     ``step`` names params of another type than ``params_type`` (a GRU's in an LSTM cell
-    would otherwise reach a broadcasting error)."""
+    would otherwise reach a broadcasting error) and, given ``initial_carry``, a carry of
+    another structure or shape than it makes for ``xp_t``'s batch shape."""
 
     def activations(params, carry, xp_t):
         return recurrence(params, carry, xp_t, _plain_matmul(params, dtype), sigmoid_tanh)
@@ -249,6 +250,9 @@ def _cell_from(recurrence, carry_keys, dtype, params_type):
         if type(params) is not params_type:
             raise TypeError(f"step: params is {type(params).__name__}; expected "
                             f"{params_type.__name__} (as made by this cell's init)")
+        if initial_carry is not None:
+            want = jax.eval_shape(lambda: initial_carry(xp_t.shape[:-1]))
+            checks.check_carry("step", carry, want)
         a = activations(params, carry, xp_t)
         new = tuple(a[k] for k in carry_keys)
         return (new if len(new) > 1 else new[0]), a["h"]
@@ -379,9 +383,10 @@ def lstm_cell(hidden_size: int, *, proj_size: int = 0, peephole: bool = False,
             h = _matmul(h, params.w_hr, dtype)  # (batch, H) -> (batch, P)
         return dict(i=i, f=f, g=g, o=o, c=c, h=h)
 
-    activations, step = _cell_from(recurrence, ("h", "c"), dtype, LSTMParams)
-    return Cell(init, project, step, _zeros_carry(H, pair=True, output_size=proj_size or None),
-                activations, LSTMParams, 4, recurrence, ("h", "c"), dtype)
+    initial_carry = _zeros_carry(H, pair=True, output_size=proj_size or None)
+    activations, step = _cell_from(recurrence, ("h", "c"), dtype, LSTMParams, initial_carry)
+    return Cell(init, project, step, initial_carry, activations, LSTMParams, 4, recurrence,
+                ("h", "c"), dtype)
 
 
 def gru_cell(hidden_size: int, *, reset_after: bool = True, layer_norm: bool = False,
@@ -449,9 +454,10 @@ def gru_cell(hidden_size: int, *, reset_after: bool = True, layer_norm: bool = F
             n = act(x_n + h_n, True)
         return dict(r=r, z=z, n=n, h=(1 - z) * n + z * h)
 
-    activations, step = _cell_from(recurrence, ("h",), dtype, GRUParams)
-    return Cell(init, project, step, _zeros_carry(H, pair=False), activations, GRUParams, 3,
-                recurrence, ("h",), dtype)
+    initial_carry = _zeros_carry(H, pair=False)
+    activations, step = _cell_from(recurrence, ("h",), dtype, GRUParams, initial_carry)
+    return Cell(init, project, step, initial_carry, activations, GRUParams, 3, recurrence,
+                ("h",), dtype)
 
 
 def rnn_cell(hidden_size: int, *, nonlinearity: str = "tanh", bias: bool = True,
@@ -475,9 +481,10 @@ def rnn_cell(hidden_size: int, *, nonlinearity: str = "tanh", bias: bool = True,
         pre = xp_t + matmul(carry, ALL_ROWS)  # (batch, H)
         return dict(h=act(pre, True) if nonlinearity == "tanh" else jax.nn.relu(pre))
 
-    activations, step = _cell_from(recurrence, ("h",), dtype, RNNParams)
-    return Cell(init, project, step, _zeros_carry(hidden_size, pair=False), activations,
-                RNNParams, 1, recurrence, ("h",), dtype)
+    initial_carry = _zeros_carry(hidden_size, pair=False)
+    activations, step = _cell_from(recurrence, ("h",), dtype, RNNParams, initial_carry)
+    return Cell(init, project, step, initial_carry, activations, RNNParams, 1, recurrence,
+                ("h",), dtype)
 
 __all__ = [
     "Cell", "GRUParams", "LSTMParams", "RNNParams", "gru_cell", "lstm_cell", "rnn_cell",

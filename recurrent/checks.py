@@ -220,3 +220,15 @@ def check_unroll(fn: str, cell, params, xs, carry, seq_lengths, time_major) -> N
     if jax.tree.structure(got) != jax.tree.structure(shapes) or got != shapes:
         raise ValueError(f"{fn}: carry has shapes {got}; expected {shapes} (as "
                          f"cell.initial_carry(({batch},)))")
+
+
+def check_carry(fn: str, carry, want) -> None:
+    """A cell's ``carry`` must have the structure and shapes of ``want`` (the carry
+    ``cell.initial_carry`` makes for the input's batch shape, arrays or
+    ``jax.ShapeDtypeStruct`` s); nothing is broadcast."""
+    shapes = jax.tree.map(lambda a: tuple(a.shape), want)
+    got = jax.tree.map(lambda a: tuple(_shape(a)) if _shape(a) is not None
+                       else type(a).__name__, carry)
+    if jax.tree.structure(got) != jax.tree.structure(shapes) or got != shapes:
+        raise ValueError(f"{fn}: carry has shapes {got}; expected {shapes} (the batch shape "
+                         f"of the input and the cell's widths, as initialize_carry makes it)")

@@ -87,7 +87,8 @@ def _minimal_cell(params_type, gates, log_coeffs, recurrence, hidden_size, bias,
     def project(params, x):
         return _project(params, x, dtype, fold_b_hh=False)  # (..., gates*H)
 
-    activations, step = _cell_from(recurrence, ("h",), dtype, params_type)
+    activations, step = _cell_from(recurrence, ("h",), dtype, params_type,
+                                   _zeros_carry(hidden_size, pair=False))
     return Cell(init, project, step, _zeros_carry(hidden_size, pair=False), activations,
                 params_type, gates, dtype=dtype, log_coeffs=log_coeffs)
 

@@ -1,39 +1,88 @@
-"""Flax NNX modules around the functional layers: ``LSTM``, ``GRU``, ``RNN`` and the
-per-step cells ``LSTMCell``, ``GRUCell`` for ``flax.nnx.RNN`` / ``flax.nnx.Bidirectional``.
+"""Flax NNX modules around the functional layers: ``LSTM``, ``GRU``, ``RNN``, ``MinGRU``,
+``MinLSTM`` and the per-step cells ``LSTMCell``, ``GRUCell``, ``RNNCell`` for
+``flax.nnx.RNN`` / ``flax.nnx.Bidirectional``.
 
-The modules hold no math of their own. A layer module keeps the functional params of
-:func:`recurrent.init_lstm` (``((LSTMParams,) * num_directions,) * num_layers``) with
-each array in an ``nnx.Param``, in the attribute ``layers``; ``get_params`` and
-``set_params`` read and write them as plain arrays, which is the one way to and from the
-functional layer and torch::
+The modules hold no math of their own. A layer module has one ``nnx.Param`` per weight,
+named by its place in the stack (:mod:`recurrent.module_params`):
+``model.layer_0.forward.w_ih`` etc.; for a 2-layer bidirectional LSTM
+``nnx.state(model, nnx.Param)`` has the paths ``('layer_0', 'forward', 'w_ih')``,
+``('layer_0', 'forward', 'w_hh')``, ``('layer_0', 'forward', 'b_ih')``, ``('layer_0',
+'forward', 'b_hh')``, ``('layer_0', 'backward', 'w_ih')`` ... ``('layer_1', 'backward',
+'b_hh')``. Weights of options that are off have no param. ``get_params`` and
+``set_params`` read and write them as the functional params, which is the one way to and
+from the functional layer and torch::
 
     model = recurrent.nnx.LSTM(8, 32, rngs=nnx.Rngs(0))
     state_dict = recurrent.interop.lstm_to_torch(model.get_params())
     model.set_params(recurrent.interop.lstm_from_torch(state_dict))
 
-A cell keeps one direction's params the same way, in the attribute ``weights``.
+A cell's weights are its own params, ``cell.w_ih``, ``cell.w_hh``... The options of every
+module are defined in :mod:`recurrent.module_options` and kept as ``module.options``.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from recurrent import cells, checks, layers
+from recurrent import cells, checks, layers, module_cells, module_options, module_params
+from recurrent.module_options import (
+    GRUCellOptions,
+    GRUOptions,
+    LSTMCellOptions,
+    LSTMOptions,
+    MinimalOptions,
+    RNNCellOptions,
+    RNNOptions,
+)
 from recurrent.regularize import scan_options
-from recurrent.unroll import state_dtype
 
 
 def _is_variable(x) -> bool:
     return isinstance(x, nnx.Variable)
 
 
-def _as_params(tree):
-    """Functional params wrapped for NNX: each array in an ``nnx.Param``."""
-    return nnx.data(jax.tree.map(nnx.Param, tree))
+def _declare(module: nnx.Module, params, axis_names, owner: str) -> None:
+    """Sets one ``nnx.Param`` attribute of ``module`` per weight of ``params`` (a params
+    NamedTuple), named by its field and skipping ``None`` fields; with ``axis_names``, each
+    carries its logical axis names as ``out_sharding`` (all checked before any is made)."""
+    weights = {name: value for name, value in params._asdict().items() if value is not None}
+    names = {name: module_options.axis_names_of(owner, axis_names, name, value.ndim)
+             for name, value in weights.items()}
+    for name, value in weights.items():
+        metadata = {} if names[name] is None else {"out_sharding": names[name]}
+        setattr(module, name, nnx.Param(value, **metadata))
+
+
+def _collect(module: nnx.Module, params_type: type):
+    """The ``params_type`` NamedTuple of ``module``'s weights (``nnx.Param`` s, ``None``
+    where absent)."""
+    return params_type(**{name: getattr(module, name, None) for name in params_type._fields})
+
+
+class _Weights(nnx.Module):
+    """The weights of one layer and direction (or a learned initial state), one
+    ``nnx.Param`` per field of ``params``."""
+
+    def __init__(self, params, axis_names=None, owner: str = ""):
+        self.params_type = type(params)
+        _declare(self, params, axis_names, owner)
+
+    def variables(self):
+        return _collect(self, self.params_type)
+
+
+class _Layer(nnx.Module):
+    """One stacked layer: ``forward`` (and ``backward``) weights."""
+
+    def __init__(self, layer, axis_names, owner: str):
+        for direction, params in zip(module_params.DIRECTIONS, layer, strict=False):
+            setattr(self, direction, _Weights(params, axis_names, owner))
+
+    def variables(self) -> tuple:
+        return tuple(getattr(self, d).variables() for d in module_params.DIRECTIONS
+                     if hasattr(self, d))
 
 
 def _values(tree):
@@ -75,53 +124,55 @@ class _Stack(nnx.Module):
 
     _init = None  # the functional init_* of a subclass
     _layer = None  # the functional layer of a subclass
+    _options_type: type = MinimalOptions
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
-                 bidirectional: bool = False, dropout: float = 0.0, *, bias: bool = True,
-                 batch_first: bool = True, deterministic: bool = False, dtype: Any = None,
-                 param_dtype: Any = jnp.float32, unroll: int | None = None,
-                 rng_collection: str = "dropout", rngs: nnx.Rngs):
+                 bidirectional: bool = False, dropout: float = 0.0, *,
+                 deterministic: bool = False, rng_collection: str = "dropout",
+                 rngs: nnx.Rngs, **options):
         name = type(self).__name__
         checks.check_rate(name, dropout)
         if not isinstance(rngs, nnx.Rngs):
             raise TypeError(f"{name}: rngs must be an nnx.Rngs; got {type(rngs).__name__}")
-        self.layers = _as_params(type(self)._init(
-            rngs.params(), input_size, hidden_size, num_layers, bidirectional, bias=bias,
-            param_dtype=param_dtype, **self._cell_options()))
+        self.options = module_options.make(name, self._options_type, options)
+        module_options.check(name, self.options)
+        for rate_name, rate in self._rates().items():
+            checks.check_rate(name, rate, rate_name)
+        params = type(self)._init(rngs.params(), input_size, hidden_size, num_layers,
+                                  bidirectional,
+                                  **module_options.options_to(self.options, "init"))
+        self.num_layers = num_layers
+        for l, layer in enumerate(params):
+            setattr(self, f"layer_{l}", _Layer(layer, self.options.axis_names, name))
         self.dropout = dropout
         self.deterministic = deterministic
-        self.batch_first = batch_first
-        self.dtype = dtype
-        self.unroll = unroll
         self.rng_collection = rng_collection
         random = dropout > 0 or any(rate > 0 for rate in self._rates().values())
         self.rngs = _stream(name, rngs, rng_collection).fork() if random else nnx.data(None)
 
-    def _options(self) -> dict:
-        """Keyword arguments of the functional layer beyond the common ones."""
-        return {}
-
     def _rates(self) -> dict:
         """The rates of the scan's options (input/recurrent dropout, zoneout) by argument
         name; empty for layers that have none."""
-        return {}
+        return {name: getattr(self.options, name) for name in
+                ("input_dropout", "recurrent_dropout", "hidden_zoneout", "cell_zoneout")
+                if hasattr(self.options, name)}
 
     def _initial_state(self, initial_state):
         """The state the layer starts from: ``initial_state`` as given."""
         return initial_state
 
-    def _cell_options(self) -> dict:
-        """Options of the cell for ``_init`` beyond ``bias`` and ``param_dtype``."""
-        return {}
+    def _variables(self):
+        """The functional params with each array an ``nnx.Param``."""
+        return tuple(getattr(self, f"layer_{l}").variables() for l in range(self.num_layers))
 
     def get_params(self):
         """The functional params (plain arrays), as :func:`recurrent.init_lstm` makes them."""
-        return _values(self.layers)
+        return _values(self._variables())
 
     def set_params(self, params) -> None:
         """Loads functional params (e.g. from ``recurrent.interop.lstm_from_torch``); they
         must have this module's structure and shapes, else ``ValueError``."""
-        _assign(type(self).__name__, self.layers, params)
+        _assign(type(self).__name__, self._variables(), params)
 
     def __call__(self, x, seq_lengths=None, initial_state=None, *,
                  deterministic: bool | None = None, rngs=None, return_state: bool = False,
@@ -154,12 +205,12 @@ class _Stack(nnx.Module):
         rate, key = 0.0, None
         if not deterministic and (self.dropout > 0 or any(r > 0 for r in rates.values())):
             rate, key = self.dropout, self._dropout_key(rngs)
-        options = {**self._options(),
+        options = {**module_options.options_to(self.options, "step", "layer"),
                    **scan_options(type(self).__name__, rates, deterministic,
                                   return_activations)}
         y, state, *activations = type(self)._layer(
             self.get_params(), x, seq_lengths, self._initial_state(initial_state), rate, key,
-            self.batch_first, dtype=self.dtype, unroll=self.unroll, **options)
+            **options)
         out = ((y, state) if return_state else (y,)) + tuple(activations)
         return out if len(out) > 1 else y
 
@@ -188,30 +239,49 @@ class _CellStack(_Stack):
     _pair = False  # whether the state is (h, c)
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
-                 bidirectional: bool = False, dropout: float = 0.0, *,
-                 input_dropout: float = 0.0, recurrent_dropout: float = 0.0,
-                 hidden_zoneout: float = 0.0, learn_initial_state: bool = False, **kwargs):
-        self.input_dropout = input_dropout  # read by _rates() in the base __init__
-        self.recurrent_dropout = recurrent_dropout
-        self.hidden_zoneout = hidden_zoneout
-        for rate_name, rate in self._rates().items():
-            checks.check_rate(type(self).__name__, rate, rate_name)
+                 bidirectional: bool = False, dropout: float = 0.0, **kwargs):
         super().__init__(input_size, hidden_size, num_layers, bidirectional, dropout,
                          **kwargs)
         self.initial_state = nnx.data(None)
-        if learn_initial_state:
-            self.initial_state = _as_params(layers.zero_state(self.get_params(), self._pair))
-
-    def _rates(self):
-        return {"input_dropout": self.input_dropout,
-                "recurrent_dropout": self.recurrent_dropout,
-                "hidden_zoneout": self.hidden_zoneout}
+        if self.options.learn_initial_state:
+            state = layers.zero_state(self.get_params(), self._pair)
+            self.initial_state = _Weights(
+                module_params.InitialState(*(state if self._pair else (state,))))
 
     def _initial_state(self, initial_state):
-        """``initial_state`` if given, else the learned one (broadcast over the batch)."""
+        """``initial_state`` if given, else the learned one (broadcast over the batch):
+        the params ``initial_state.h`` (and ``initial_state.c``), each ``(num_layers *
+        num_directions, width)``."""
         if initial_state is not None or self.initial_state is None:
             return initial_state
-        return _values(self.initial_state)
+        state = _values(self.initial_state.variables())
+        return (state.h, state.c) if self._pair else state.h
+
+
+_ARGS_DOC = """
+    Args:
+      input_size: ``I``, the features of ``x``.
+      hidden_size: ``H``.
+      num_layers: stacked layers; layer ``l > 0`` reads ``num_directions * H`` features.
+      bidirectional: run a backward direction too; ``y`` is ``[forward, backward]``.
+      dropout: probability of zeroing an output of every layer but the last (as torch).
+      deterministic: start in evaluation mode (no dropout).
+      rng_collection: the stream of ``rngs`` that dropout and zoneout fork.
+      rngs: ``nnx.Rngs``; ``params`` initialises the weights as torch does.
+      **options: the options of :mod:`recurrent.module_options` (kept as
+        ``module.options``), with the names and defaults of the functional layer and cell:
+        ``bias``, ``kernel_init``, ``recurrent_init``, ``bias_init``, ``param_dtype``,
+        ``dtype``, ``batch_first``, ``unroll``, ``impl``, ``remat_chunk``,
+        ``input_dropout``, ``recurrent_dropout``, ``hidden_zoneout``, the cell options,
+        ``learn_initial_state`` (the params ``initial_state.h`` (and ``.c``), each
+        ``(num_layers * num_directions, width)``, zeros at init, broadcast over the batch;
+        an ``initial_state`` passed at call replaces it) and ``axis_names`` (``None`` or a
+        mapping from weight name to logical axis names, e.g.
+        :data:`recurrent.module_options.AXIS_NAMES`, set as each ``nnx.Param``'s
+        ``out_sharding``; create the model under ``jax.set_mesh(mesh)`` and
+        ``flax.linen.logical_axis_rules(rules)`` to shard the weights as they are made).
+        An unknown option raises ``TypeError``.
+"""
 
 
 class LSTM(_CellStack):
@@ -224,53 +294,19 @@ class LSTM(_CellStack):
         model.eval()                                   # dropout off
         y, (h_n, c_n) = model(x, return_state=True)
 
-    Args:
-      input_size: ``I``, the features of ``x``.
-      hidden_size: ``H``.
-      num_layers: stacked layers; layer ``l > 0`` reads ``num_directions * H`` features.
-      bidirectional: run a backward direction too; ``y`` is ``[forward, backward]``.
-      dropout: probability of zeroing an output of every layer but the last (as torch).
-      bias: whether the layers have ``b_ih`` and ``b_hh``.
-      batch_first: ``x`` and ``y`` put batch first (torch's ``batch_first=True``).
-      deterministic: start in evaluation mode (no dropout).
-      dtype: matmul dtype (e.g. ``jnp.bfloat16``), ``None`` for the params' dtype.
-      param_dtype: dtype of the params.
-      unroll: scan steps per loop iteration; ``None``: 8 on a GPU, 1 elsewhere.
-      rng_collection: the stream of ``rngs`` that dropout forks.
-      rngs: ``nnx.Rngs``; ``params`` initialises the weights as torch does.
-      input_dropout, recurrent_dropout: variational dropout (one mask per sequence) of
-        each layer's input and of the hidden state fed to the recurrent matmuls.
-      hidden_zoneout, cell_zoneout: zoneout rates of ``h`` and ``c``; their expectation
-        in evaluation mode. See :func:`recurrent.lstm`.
-      learn_initial_state: learn ``(h_0, c_0)``: the attribute ``initial_state``, a pair
-        of ``nnx.Param`` of shape ``(num_layers * num_directions, hidden_size)`` (zeros at
-        init) broadcast over the batch; an ``initial_state`` passed at call replaces it.
-      proj_size, peephole, layer_norm: the cell options of
-        :func:`recurrent.cells.lstm_cell`; with ``proj_size=P``, ``y`` and ``h`` are ``P``
-        wide per direction.
+    The cell options ``proj_size``, ``peephole``, ``layer_norm``, ``forget_bias`` are those
+    of :func:`recurrent.cells.lstm_cell`; with ``proj_size=P``, ``y`` and ``h`` are ``P``
+    wide per direction. ``cell_zoneout`` is zoneout of ``c``.
     """
 
     _init = staticmethod(layers.init_lstm)
     _layer = staticmethod(layers.lstm)
+    _options_type = LSTMOptions
     _pair = True
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
-                 bidirectional: bool = False, dropout: float = 0.0, *,
-                 cell_zoneout: float = 0.0, proj_size: int = 0, peephole: bool = False,
-                 layer_norm: bool = False, **kwargs):
-        # read by _rates() and _cell_options() in the base __init__
-        self.cell_zoneout = cell_zoneout
-        self.proj_size, self.peephole, self.layer_norm = proj_size, peephole, layer_norm
-        super().__init__(input_size, hidden_size, num_layers, bidirectional, dropout,
-                         **kwargs)
 
-    def _rates(self):
-        return {**super()._rates(), "cell_zoneout": self.cell_zoneout}
 
-    def _cell_options(self):
-        return dict(proj_size=self.proj_size, peephole=self.peephole,
-                    layer_norm=self.layer_norm)
-
+LSTM.__doc__ = (LSTM.__doc__ or "") + _ARGS_DOC
 
 class GRU(_CellStack):
     """``torch.nn.GRU`` as an NNX module around :func:`recurrent.gru`; arguments as
@@ -279,20 +315,7 @@ class GRU(_CellStack):
 
     _init = staticmethod(layers.init_gru)
     _layer = staticmethod(layers.gru)
-
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
-                 bidirectional: bool = False, dropout: float = 0.0, *,
-                 reset_after: bool = True, layer_norm: bool = False, **kwargs):
-        self.layer_norm = layer_norm  # read by _cell_options() in the base __init__
-        super().__init__(input_size, hidden_size, num_layers, bidirectional, dropout,
-                         **kwargs)
-        self.reset_after = reset_after
-
-    def _options(self):
-        return {"reset_after": self.reset_after}
-
-    def _cell_options(self):
-        return dict(layer_norm=self.layer_norm)
+    _options_type = GRUOptions
 
 
 class RNN(_CellStack):
@@ -302,21 +325,12 @@ class RNN(_CellStack):
 
     _init = staticmethod(layers.init_rnn)
     _layer = staticmethod(layers.rnn)
-
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
-                 bidirectional: bool = False, dropout: float = 0.0, *,
-                 nonlinearity: str = "tanh", **kwargs):
-        super().__init__(input_size, hidden_size, num_layers, bidirectional, dropout,
-                         **kwargs)
-        self.nonlinearity = nonlinearity
-
-    def _options(self):
-        return {"nonlinearity": self.nonlinearity}
+    _options_type = RNNOptions
 
 
 class MinGRU(_Stack):
     """minGRU (Feng et al. 2024) as an NNX module around :func:`recurrent.mingru`, run in
-    parallel over time; arguments as :class:`LSTM`. The state is ``h``."""
+    parallel over time; arguments as :class:`LSTM` without the scan's. The state is ``h``."""
 
     _init = staticmethod(layers.init_mingru)
     _layer = staticmethod(layers.mingru)
@@ -324,7 +338,7 @@ class MinGRU(_Stack):
 
 class MinLSTM(_Stack):
     """minLSTM (Feng et al. 2024) as an NNX module around :func:`recurrent.minlstm`, run in
-    parallel over time; arguments as :class:`LSTM`. The state is ``h``."""
+    parallel over time; arguments as :class:`MinGRU`. The state is ``h``."""
 
     _init = staticmethod(layers.init_minlstm)
     _layer = staticmethod(layers.minlstm)
@@ -333,40 +347,62 @@ class MinLSTM(_Stack):
 class _Cell(nnx.RNNCellBase):
     """One time step of a functional cell, in Flax NNX's cell protocol."""
 
-    def __init__(self, input_size: int, hidden_size: int, *, bias: bool = True,
-                 dtype: Any = None, param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-            checks.check_size(type(self).__name__, name, value)
+    _options_type: type = LSTMCellOptions
+    _make_cell = None  # the functional cell factory of a subclass
+
+    def __init__(self, input_size: int, hidden_size: int, *, rngs: nnx.Rngs, **options):
+        name = type(self).__name__
+        for arg, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+            checks.check_size(name, arg, value)
+        self.options = module_options.make(name, self._options_type, options)
+        module_options.check(name, self.options)
         self.hidden_size = hidden_size
-        self.bias = bias
-        self.dtype = dtype
-        self.param_dtype = param_dtype
-        self.weights = _as_params(self._cell().init(rngs.params(), input_size))
+        params = self._cell().init(rngs.params(), input_size)
+        self.params_type = type(params)
+        _declare(self, params, self.options.axis_names, name)
 
     def _cell(self) -> cells.Cell:
-        raise NotImplementedError
+        return type(self)._make_cell(self.hidden_size,
+                                     **module_options.options_to(self.options, "init", "step"))
 
     def get_params(self):
         """This cell's functional params, e.g. an ``LSTMParams`` of plain arrays."""
-        return _values(self.weights)
+        return _values(_collect(self, self.params_type))
 
     def set_params(self, params) -> None:
         """Loads one direction's functional params, e.g. ``lstm_params[layer][direction]``."""
-        _assign(type(self).__name__, self.weights, params)
+        _assign(type(self).__name__, _collect(self, self.params_type), params)
 
     def __call__(self, carry, x):
-        """One step: ``x (*batch, input_size)`` and the carry to ``(carry, y (*batch, H))``."""
-        params, cell = self.get_params(), self._cell()
+        """One step: ``x (*batch, input_size)`` and the carry to ``(carry, y)``, ``y (*batch,
+        H)`` in ``dtype`` (the carry stays in the params' dtype, at least float32).
+        ``ValueError`` where ``x``'s features are not the weights', or the carry's
+        structure or shapes are not those of ``initialize_carry`` for ``x``."""
+        name, params = type(self).__name__, self.get_params()
         if x.shape[-1] != params.w_ih.shape[1]:
-            raise ValueError(f"{type(self).__name__}: x has {x.shape[-1]} features (shape "
+            raise ValueError(f"{name}: x has {x.shape[-1]} features (shape "
                              f"{x.shape}) but the weights expect {params.w_ih.shape[1]}")
-        return cell.step(params, carry, cell.project(params, x))
+        return module_cells.step(name, self._cell(), params, carry, x,
+                                 getattr(self.options, "carry_order", "torch"),
+                                 self.options.dtype)
 
     def initialize_carry(self, input_shape: tuple[int, ...], rngs=None):
-        """Zeros for inputs of shape ``(*batch, input_size)``; ``rngs`` is unused."""
-        del rngs
-        dtype = state_dtype(self.param_dtype)
-        return self._cell().initial_carry(tuple(input_shape[:-1]), dtype)
+        """The carry for inputs of shape ``(*batch, input_size)``: zeros, or with
+        ``carry_init`` its ``carry_init(key, shape, dtype)`` with keys from ``rngs`` (an
+        ``nnx.Rngs``, whose ``carry`` stream is used, an ``RngStream`` or a key)."""
+        key = None
+        if self.options.carry_init is not None:
+            if isinstance(rngs, nnx.Rngs):
+                rngs = rngs["carry"]
+            if isinstance(rngs, nnx.RngStream):
+                rngs = rngs()
+            if not isinstance(rngs, jax.Array):
+                raise ValueError(f"{type(self).__name__}: carry_init needs rngs (an "
+                                 f"nnx.Rngs, RngStream or key); got {type(rngs).__name__}")
+            key = rngs
+        return module_cells.initial_carry(self._cell(), input_shape, self.options.param_dtype,
+                                          self.options.carry_init, key,
+                                          getattr(self.options, "carry_order", "torch"))
 
     @property
     def num_feature_axes(self) -> int:
@@ -376,42 +412,38 @@ class _Cell(nnx.RNNCellBase):
 class LSTMCell(_Cell):
     """The LSTM cell of :func:`recurrent.lstm`, one step at a time, for ``flax.nnx.RNN``.
 
-    The carry is ``(h, c)``, each ``(*batch, hidden_size)`` (torch's order; note that
-    ``flax.nnx.LSTMCell`` uses ``(c, h)``)::
+    The carry is ``(h, c)``, each ``(*batch, hidden_size)``: torch's order. With
+    ``carry_order="flax"`` it is ``(c, h)``, that of ``flax.nnx.LSTMCell`` and
+    ``OptimizedLSTMCell``, so the cell drops in where they stood. A carry of another
+    structure or shape raises ``ValueError``::
 
         rnn = flax.nnx.RNN(recurrent.nnx.LSTMCell(8, 32, rngs=nnx.Rngs(0)))
         y = rnn(x)                                     # (batch, time, 32)
 
-    ``proj_size``, ``peephole`` and ``layer_norm`` are the options of
-    :func:`recurrent.cells.lstm_cell` (with ``proj_size=P``, ``h`` is ``(*batch, P)``).
+    Options (keyword arguments, :class:`recurrent.module_options.LSTMCellOptions`): the
+    cell options of :class:`LSTM`, ``carry_order`` and ``carry_init``. The weights are the
+    params ``w_ih``, ``w_hh``, ``b_ih``, ``b_hh`` (...) of the cell.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, *, proj_size: int = 0,
-                 peephole: bool = False, layer_norm: bool = False, **kwargs):
-        # read by _cell() in the base __init__
-        self.proj_size, self.peephole, self.layer_norm = proj_size, peephole, layer_norm
-        super().__init__(input_size, hidden_size, **kwargs)
-
-    def _cell(self):
-        return cells.lstm_cell(self.hidden_size, proj_size=self.proj_size,
-                               peephole=self.peephole, layer_norm=self.layer_norm,
-                               bias=self.bias, dtype=self.dtype, param_dtype=self.param_dtype)
+    _options_type = LSTMCellOptions
+    _make_cell = staticmethod(cells.lstm_cell)
 
 
 class GRUCell(_Cell):
     """The GRU cell of :func:`recurrent.gru`, one step at a time; the carry is ``h``
     ``(*batch, hidden_size)``. ``reset_after=True`` is torch's form; ``layer_norm`` as in
-    :func:`recurrent.cells.gru_cell`."""
+    :func:`recurrent.cells.gru_cell`; other options as :class:`LSTMCell`."""
 
-    def __init__(self, input_size: int, hidden_size: int, *, reset_after: bool = True,
-                 layer_norm: bool = False, **kwargs):
-        # read by _cell() in the base __init__
-        self.reset_after, self.layer_norm = reset_after, layer_norm
-        super().__init__(input_size, hidden_size, **kwargs)
+    _options_type = GRUCellOptions
+    _make_cell = staticmethod(cells.gru_cell)
 
-    def _cell(self):
-        return cells.gru_cell(self.hidden_size, reset_after=self.reset_after,
-                              layer_norm=self.layer_norm, bias=self.bias, dtype=self.dtype,
-                              param_dtype=self.param_dtype)
 
-__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "MinGRU", "MinLSTM", "RNN"]
+class RNNCell(_Cell):
+    """The Elman cell of :func:`recurrent.rnn` (``flax.nnx.SimpleCell``'s place), one step
+    at a time; the carry is ``h`` ``(*batch, hidden_size)``; ``nonlinearity`` is ``"tanh"``
+    or ``"relu"``; other options as :class:`LSTMCell`."""
+
+    _options_type = RNNCellOptions
+    _make_cell = staticmethod(cells.rnn_cell)
+
+__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "MinGRU", "MinLSTM", "RNN", "RNNCell"]

@@ -220,8 +220,9 @@ _EXPORT_DOC = """
 
     Args:
       params: ``((forward, backward?),) * num_layers`` as made by ``init_{fn}``,
-        ``interop.{fn}_from_torch``, a Linen module's ``variables["params"]["layers"]`` or an
-        NNX module's ``get_params()``; with or without bias.{extra_args}
+        ``interop.{fn}_from_torch``, a Linen module's
+        ``module.get_params(variables["params"])`` or an NNX module's ``get_params()``; with
+        or without bias.{extra_args}
       initial_state: whether the model takes the initial state as inputs (else zeros).
       path: if given, where the model is also saved (``onnx.save_model``).
 

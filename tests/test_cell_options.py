@@ -153,5 +153,6 @@ def test_cell_options_compose_with_the_layer_options():
     assert y_train.shape == (B, T, 2 * P) and h_n.shape == (4, B, P) and c_n.shape == (4, B, H)
     assert acts[1][1]["h"].shape == (B, T, P) and acts[1][1]["c"].shape == (B, T, H)
     module = recurrent.linen.LSTM(H, proj_size=P, peephole=True, learn_initial_state=True)
-    h_0, c_0 = module.init(KEY, x, deterministic=True)["params"]["initial_state"]
+    state = module.init(KEY, x, deterministic=True)["params"]["initial_state"]
+    h_0, c_0 = state["h"], state["c"]
     assert h_0.shape == (1, P) and c_0.shape == (1, H)

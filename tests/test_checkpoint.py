@@ -19,7 +19,8 @@ TARGET = jnp.ones((4, 6, 10))
 
 def test_linen_trained_model_and_optimizer_restore_bit_identical(tmp_path):
     model = rl.LSTM(5, bidirectional=True)
-    params = {"layers": recurrent.init_lstm(jax.random.key(1), 3, 5, bidirectional=True)}
+    params = model.make_params(recurrent.init_lstm(jax.random.key(1), 3, 5,
+                                                   bidirectional=True))
     tx = optax.adam(1e-2)
     opt_state = tx.init(params)
 
@@ -37,7 +38,7 @@ def test_linen_trained_model_and_optimizer_restore_bit_identical(tmp_path):
     abstract = jax.eval_shape(model.init, jax.random.key(2), X)["params"]
     like = {"params": abstract, "opt_state": jax.eval_shape(tx.init, abstract)}
     restored = checkpoint.restore(tmp_path / "ckpt", like)
-    assert type(restored["params"]["layers"][0][1]) is recurrent.LSTMParams
+    assert type(model.get_params(restored["params"])[0][1]) is recurrent.LSTMParams
     jax.tree.map(np.testing.assert_array_equal, restored, {"params": params,
                                                           "opt_state": opt_state})
     apply = jax.jit(model.apply)
@@ -63,22 +64,23 @@ def test_nnx_model_with_dropout_stream_restores_bit_identical(tmp_path):
 
 
 def test_mismatched_checkpoint_is_a_clear_error(tmp_path):
-    params = recurrent.init_lstm(jax.random.key(0), 3, 5)
-    checkpoint.save(tmp_path / "ckpt", {"params": {"layers": params}})
+    params = rl.LSTM(5).make_params(recurrent.init_lstm(jax.random.key(0), 3, 5))
+    checkpoint.save(tmp_path / "ckpt", {"params": params})
     wider = jax.eval_shape(rl.LSTM(7, num_layers=2).init, jax.random.key(0), X)
     with pytest.raises(ValueError) as error:
         checkpoint.restore(tmp_path / "ckpt", wider)
     message = str(error.value)
     assert "does not match" in message
-    assert "params/layers/0/0/w_hh: saved float32[20, 5], expected float32[28, 7]" in message
-    assert "missing from the checkpoint: params/layers/1/0/w_ih" in message
+    assert ("params/layer_0/forward/w_hh: saved float32[20, 5], expected float32[28, 7]"
+            in message)
+    assert "missing from the checkpoint: params/layer_1/forward/w_ih" in message
 
-    as_bf16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), {"params": {"layers": params}})
+    as_bf16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), {"params": params})
     with pytest.raises(ValueError, match="saved float32\\[20\\], expected bfloat16\\[20\\]"):
         checkpoint.restore(tmp_path / "ckpt", as_bf16)
-    with pytest.raises(ValueError, match="not in the model: params/layers/0/0/b_ih"):
-        checkpoint.restore(tmp_path / "ckpt", {"params": {"layers": recurrent.init_lstm(
-            jax.random.key(0), 3, 5, bias=False)}})
+    with pytest.raises(ValueError, match="not in the model: params/layer_0/forward/b_ih"):
+        checkpoint.restore(tmp_path / "ckpt", {"params": rl.LSTM(5).make_params(
+            recurrent.init_lstm(jax.random.key(0), 3, 5, bias=False))})
 
 
 def test_save_refuses_to_overwrite_unless_asked(tmp_path):

@@ -238,13 +238,14 @@ def test_linen_options_learned_state_and_activations():
     rates = dict(recurrent_dropout=0.3, hidden_zoneout=0.2, cell_zoneout=0.4)
     module = rl.LSTM(H, learn_initial_state=True, **rates)
     variables = module.init(jax.random.key(0), X, deterministic=True)
-    h0, c0 = variables["params"]["initial_state"]
+    state = variables["params"]["initial_state"]
+    h0, c0 = state["h"], state["c"]
     assert h0.shape == c0.shape == (1, H) and not h0.any()
     evaluation = jax.jit(functools.partial(module.apply, deterministic=True,
                                            return_activations=True))(variables, X, LENGTHS)
     y, _, acts = jax.jit(functools.partial(recurrent.lstm, **rates, deterministic=True,
                                            return_activations=True))(
-        variables["params"]["layers"], X, LENGTHS, (h0, c0))
+        module.get_params(variables["params"]), X, LENGTHS, (h0, c0))
     jax.tree.map(np.testing.assert_array_equal, evaluation, (y, acts))
 
     @jax.jit
@@ -263,13 +264,14 @@ def test_linen_options_learned_state_and_activations():
     def step(params, opt_state):
         grads = jax.grad(lambda p: jnp.sum(train(p, 1) ** 2))(params)
         updates, opt_state = opt.update(grads, opt_state)
-        return optax.apply_updates(params, updates), opt_state, grads["initial_state"]
+        return (optax.apply_updates(params, updates), opt_state,
+                list(grads["initial_state"].values()))
 
     opt_state = opt.init(params)
     for _ in range(2):
         params, opt_state, grad = step(params, opt_state)
         assert all(np.abs(g).max() > 0 for g in grad)
-    assert all(np.abs(s).min() > 0 for s in params["initial_state"])  # training moved it
+    assert all(np.abs(s).min() > 0 for s in params["initial_state"].values())  # it moved
     with pytest.raises(ValueError, match="LSTM: recurrent_dropout=0.3, hidden_zoneout=0.2, "
                                          "cell_zoneout=0.4 needs deterministic"):
         module.apply(variables, X)
@@ -280,7 +282,7 @@ def test_linen_options_learned_state_and_activations():
 def test_nnx_options_learned_state_and_activations():
     model = rn.GRU(I, H, input_dropout=0.3, hidden_zoneout=0.3, learn_initial_state=True,
                    rngs=nnx.Rngs(0))
-    assert model.initial_state.get_value().shape == (1, H)
+    assert model.initial_state.h.get_value().shape == (1, H)
     run = nnx.jit(lambda m: m(X, LENGTHS, return_state=True, return_activations=True))
     first, second = run(model), run(model)
     assert not np.allclose(first[0], second[0])  # the dropout stream advances
@@ -298,10 +300,10 @@ def test_nnx_options_learned_state_and_activations():
     def step(model, optimizer):
         grads = nnx.grad(lambda m: jnp.sum(m(X, LENGTHS) ** 2))(model)
         optimizer.update(model, grads)
-        return grads.initial_state.get_value()
+        return grads.initial_state.h.get_value()
 
     assert np.abs(step(model, optimizer)).max() > 0
     step(model, optimizer)
-    assert np.abs(model.initial_state.get_value()).min() > 0
+    assert np.abs(model.initial_state.h.get_value()).min() > 0
     with pytest.raises(ValueError, match="LSTM: cell_zoneout must be a number in"):
         rn.LSTM(I, H, cell_zoneout=1.5, rngs=nnx.Rngs(0))

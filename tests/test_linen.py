@@ -38,7 +38,7 @@ OPTIONS = dict(proj_size=4, peephole=True, layer_norm=True)  # the LSTM cell opt
 ])
 def test_module_equals_functional_layer(module, init, layer, state):
     params = init(jax.random.key(1), 4, 6)
-    variables = {"params": {"layers": params}}
+    variables = {"params": module.make_params(params)}
     assert jax.eval_shape(module.init, jax.random.key(1), X) == jax.eval_shape(
         lambda: variables)
     y, final = jax.jit(functools.partial(module.apply, return_state=True))(
@@ -51,10 +51,9 @@ def test_module_equals_functional_layer(module, init, layer, state):
 def test_time_major_input_and_output_only():
     module = rl.GRU(6, batch_first=False)
     x = jnp.swapaxes(X, 0, 1)  # (time, batch, features)
-    variables = {"params": {"layers": recurrent.init_gru(jax.random.key(1), 4, 6)}}
-    y = jax.jit(module.apply)(variables, x)
-    y_ref, _ = jax.jit(functools.partial(recurrent.gru, batch_first=False))(
-        variables["params"]["layers"], x)
+    params = recurrent.init_gru(jax.random.key(1), 4, 6)
+    y = jax.jit(module.apply)({"params": module.make_params(params)}, x)
+    y_ref, _ = jax.jit(functools.partial(recurrent.gru, batch_first=False))(params, x)
     np.testing.assert_array_equal(y, y_ref)
 
 
@@ -74,12 +73,13 @@ def test_parameter_count_equals_torch(kind, num_layers, bidirectional, bias):
 def test_torch_weights_in_and_out():
     torch.manual_seed(0)
     theirs = torch.nn.LSTM(4, 6, num_layers=2, bidirectional=True, batch_first=True)
-    variables = {"params": {"layers": recurrent.interop.lstm_from_torch(theirs)}}
-    y = jax.jit(rl.LSTM(6, num_layers=2, bidirectional=True).apply)(variables, X)
+    module = rl.LSTM(6, num_layers=2, bidirectional=True)
+    variables = {"params": module.make_params(recurrent.interop.lstm_from_torch(theirs))}
+    y = jax.jit(module.apply)(variables, X)
     y_torch = theirs(torch.tensor(np.asarray(X)))[0].detach().numpy()
     np.testing.assert_allclose(y, y_torch, atol=1e-5)
 
-    params = jax.tree.map(lambda a: a + 1, variables["params"]["layers"])
+    params = jax.tree.map(lambda a: a + 1, module.get_params(variables["params"]))
     theirs.load_state_dict(recurrent.interop.lstm_to_torch(params))
     np.testing.assert_array_equal(theirs.weight_hh_l1_reverse.detach().numpy(),
                                   params[1][1].w_hh)
@@ -87,14 +87,14 @@ def test_torch_weights_in_and_out():
 
 @pytest.mark.parametrize("options", [{}, OPTIONS])
 def test_lstm_cell_in_flax_rnn_equals_lstm(options):
-    variables = {"params": {"layers": recurrent.init_lstm(jax.random.key(1), 4, 6,
-                                                          **options)}}
-    weights = variables["params"]["layers"][0][0]
+    variables = {"params": rl.LSTM(6).make_params(
+        recurrent.init_lstm(jax.random.key(1), 4, 6, **options))}
+    weights = variables["params"]["layer_0"]["forward"]
     rnn = nn.RNN(rl.LSTMCell(6, **options), return_carry=True)
     assert jax.tree.structure(jax.eval_shape(rnn.init, jax.random.key(2), X)) == (
-        jax.tree.structure({"params": {"cell": {"weights": weights}}}))
+        jax.tree.structure({"params": {"cell": weights}}))
     (h, c), y = jax.jit(functools.partial(rnn.apply, seq_lengths=LENGTHS))(
-        {"params": {"cell": {"weights": weights}}}, X)
+        {"params": {"cell": weights}}, X)
     y_ref, (h_ref, c_ref) = jax.jit(functools.partial(rl.LSTM(6, **options).apply,
                                                       return_state=True))(variables, X, LENGTHS)
     valid = (jnp.arange(5)[None, :] < LENGTHS[:, None])[..., None]  # (batch, time, 1)
@@ -104,13 +104,12 @@ def test_lstm_cell_in_flax_rnn_equals_lstm(options):
 
 
 def test_gru_cells_in_flax_bidirectional_equal_gru():
-    variables = {"params": {"layers": recurrent.init_gru(jax.random.key(1), 4, 6,
-                                                         bidirectional=True)}}
-    forward, backward = variables["params"]["layers"][0]
+    variables = {"params": rl.GRU(6).make_params(
+        recurrent.init_gru(jax.random.key(1), 4, 6, bidirectional=True))}
+    forward, backward = (variables["params"]["layer_0"][d] for d in ("forward", "backward"))
     bi = nn.Bidirectional(nn.RNN(rl.GRUCell(6)), nn.RNN(rl.GRUCell(6)), return_carry=True)
     (h_f, h_b), y = jax.jit(functools.partial(bi.apply, seq_lengths=LENGTHS))(
-        {"params": {"forward_rnn": {"cell": {"weights": forward}},
-                    "backward_rnn": {"cell": {"weights": backward}}}}, X)
+        {"params": {"forward_rnn": {"cell": forward}, "backward_rnn": {"cell": backward}}}, X)
     y_ref, h_ref = jax.jit(functools.partial(rl.GRU(6, bidirectional=True).apply,
                                              return_state=True))(variables, X, LENGTHS)
     valid = (jnp.arange(5)[None, :] < LENGTHS[:, None])[..., None]  # (batch, time, 1)
@@ -124,7 +123,7 @@ def test_cell_carry_and_bad_input():
     assert h.shape == c.shape == (2, 3, 6) and h.dtype == jnp.float32
     assert cell.num_feature_axes == 1
     variables = rl.GRUCell(6).init(jax.random.key(0), jnp.zeros((3, 6)), jnp.zeros((3, 4)))
-    with pytest.raises(flax.errors.ScopeParamShapeError, match='"weights"'):
+    with pytest.raises(flax.errors.ScopeParamShapeError, match='"w_ih"'):
         rl.GRUCell(6).apply(variables, jnp.zeros((3, 6)), jnp.zeros((3, 5)))
 
 

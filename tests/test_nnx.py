@@ -44,7 +44,7 @@ def test_params_are_the_functional_params():
     params = model.get_params()
     assert jax.eval_shape(lambda: params) == jax.eval_shape(
         lambda: recurrent.init_lstm(jax.random.key(0), 4, 6, num_layers=2))
-    np.testing.assert_array_equal(params[1][0].w_hh, model.layers[1][0].w_hh.get_value())
+    np.testing.assert_array_equal(params[1][0].w_hh, model.layer_1.forward.w_hh.get_value())
     model.set_params(jax.tree.map(lambda a: a + 1, params))
     np.testing.assert_array_equal(model.get_params()[0][0].b_ih, params[0][0].b_ih + 1)
     with pytest.raises(ValueError, match=r"params\[0\]\[0\].w_ih has shape \(28, 4\); "

@@ -108,7 +108,7 @@ def test_peepholes_are_onnx_p_input(onnxruntime):
 
 
 def test_linen_and_nnx_module_params(onnxruntime):
-    """Params of a Linen LSTM (``variables["params"]["layers"]``) and an NNX GRU
+    """Params of a Linen LSTM (``module.get_params(variables["params"])``) and an NNX GRU
     (``get_params()``) export and run as the modules do."""
     rng = np.random.default_rng(2)
     x = rng.normal(size=(3, 6, I)).astype(np.float32)
@@ -116,7 +116,7 @@ def test_linen_and_nnx_module_params(onnxruntime):
 
     module = recurrent.linen.LSTM(H, num_layers=2, bidirectional=True)
     variables = module.init(jax.random.PRNGKey(0), x)
-    session = _session(onnxruntime, ronnx.lstm_to_onnx(variables["params"]["layers"]))
+    session = _session(onnxruntime, ronnx.lstm_to_onnx(module.get_params(variables["params"])))
     y, (h_n, c_n) = module.apply(variables, x, lengths, return_state=True)
     _assert_close(session.run(None, {"x": x, "seq_lengths": lengths}), (y, h_n, c_n))
 

@@ -209,7 +209,7 @@ def test_flax_modules_wrap_the_min_layers(kind):
     linen_model = getattr(recurrent.linen, kind)(H, num_layers=2, bidirectional=True)
     variables = linen_model.init(KEY, xs)
     y, h_n = linen_model.apply(variables, xs, LENGTHS, return_state=True)
-    want_y, want_h = layer(variables["params"]["layers"], xs, LENGTHS)
+    want_y, want_h = layer(linen_model.get_params(variables["params"]), xs, LENGTHS)
     np.testing.assert_array_equal(y, want_y)
     np.testing.assert_array_equal(h_n, want_h)
 

@@ -52,6 +52,9 @@ assert_type(recurrent.sharding.replicate({"w": x}, mesh), dict[str, jax.Array])
 assert_type(checkpoint.save("/tmp/ckpt", params), None)
 
 assert_type(linen.LSTM(4, bidirectional=True), linen.LSTM)
+assert_type(linen.LSTM(4, proj_size=2, forget_bias=1.0, impl="fast"), linen.LSTM)
+assert_type(linen.LSTMCell(4, carry_order="flax"), linen.LSTMCell)
+assert_type(linen.RNNCell(4, nonlinearity="relu"), linen.RNNCell)
 assert_type(nnx.GRU(3, 4, rngs=flax_nnx.Rngs(0)), nnx.GRU)
 assert_type(recurrent.__version__, str)
 
