@@ -17,25 +17,10 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 
 from recurrent import checks, fast
-from recurrent.cells import (
-    Cell,
-    GRUParams,
-    LSTMParams,
-    RNNParams,
-    gru_cell,
-    gru_options,
-    lstm_cell,
-    lstm_options,
-    rnn_cell,
-)
+from recurrent.cells import GRUParams, LSTMParams, RNNParams
 from recurrent.deer import deer_unroll
-from recurrent.minimal import (
-    MinGRUParams,
-    MinLSTMParams,
-    mingru_cell,
-    minlstm_cell,
-    parallel_unroll,
-)
+from recurrent.kinds import KINDS, Kind, of_params
+from recurrent.minimal import MinGRUParams, MinLSTMParams, parallel_unroll
 from recurrent.regularize import Regularization, regularized_unroll
 from recurrent.unroll import carry_dtype, scan_unroll
 
@@ -61,8 +46,6 @@ _UNROLLS = {
     "quasi_deer": partial(deer_unroll, jacobian="diagonal"),
     "parallel": parallel_unroll,
 }
-_NONLINEAR_IMPLS = ("auto", "fast", "pallas", "reference", "deer", "quasi_deer")
-_LINEAR_IMPLS = ("parallel", "reference")
 
 
 def default_unroll() -> int:
@@ -72,35 +55,35 @@ def default_unroll() -> int:
     return 8 if jax.default_backend() == "gpu" else 1
 
 
-def _init_stack(fn: str, make_cell: Callable[[], Cell], key, input_size, hidden_size,
-                num_layers, bidirectional, output_size=None):
-    """``num_layers`` x directions params of the cell ``make_cell()``, built once the sizes
-    are checked; layer ``l > 0`` reads ``D * H`` features (``D * output_size`` when the
-    cell's output is not ``H`` wide)."""
+def _init_stack(kind: Kind, key, input_size, hidden_size, num_layers, bidirectional,
+                cell_options: dict):
+    """``num_layers`` x directions params of ``kind.cell(hidden_size, **cell_options)``,
+    built once the sizes are checked; layer ``l > 0`` reads ``D * H`` features (``D *
+    proj_size`` when the cell's output is not ``H`` wide)."""
     for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
                         ("num_layers", num_layers)):
-        checks.check_size(f"init_{fn}", name, value)
-    checks.check_flag(f"init_{fn}", "bidirectional", bidirectional)
-    cell = make_cell()
+        checks.check_size(f"init_{kind.name}", name, value)
+    checks.check_flag(f"init_{kind.name}", "bidirectional", bidirectional)
+    cell = kind.cell(hidden_size, **cell_options)
+    output_size = jax.tree.leaves(jax.eval_shape(lambda: cell.initial_carry((1,))))[0].shape[-1]
     num_dirs = 2 if bidirectional else 1
     keys = jax.random.split(key, num_layers * num_dirs)
     return tuple(
         tuple(cell.init(keys[l * num_dirs + d],
-                        input_size if l == 0 else num_dirs * (output_size or hidden_size))
+                        input_size if l == 0 else num_dirs * output_size)
               for d in range(num_dirs))
         for l in range(num_layers))
 
 
-def _run_stack(fn: str, make_cell: Callable[..., Cell], params, x, seq_lengths,
-               initial_state, dropout, key, batch_first, unroll_steps, dtype, impl,
-               remat_chunk, impls=_NONLINEAR_IMPLS, kernel=None, options_of=None,
+def _run_stack(kind: Kind, call_options: dict, params, x, seq_lengths, initial_state,
+               dropout, key, batch_first, unroll_steps, dtype, impl, remat_chunk,
                reg: Regularization | None = None, return_activations: bool = False):
-    """Checks the arguments, then runs every layer and direction; returns ``(y, state)``, or
-    ``(y, state, activations)`` with ``return_activations``.
+    """Checks the arguments, then runs every layer and direction of a ``kind`` stack;
+    returns ``(y, state)``, or ``(y, state, activations)`` with ``return_activations``.
 
-    ``make_cell(hidden_size, **options)`` builds the cell, with ``options_of(params[0][0])``
-    (the cell options read off the params) when given. ``kernel`` names the GPU kernel
-    that can run the plain cell (:mod:`recurrent.kernels`), if any."""
+    The cell is ``kind``'s, with the options read off ``params[0][0]`` and
+    ``call_options``."""
+    fn, impls = kind.name, kind.impls
     if impl not in impls:
         raise ValueError(f"{fn}: impl must be one of {', '.join(map(repr, impls))}; "
                          f"got {impl!r}")
@@ -111,8 +94,7 @@ def _run_stack(fn: str, make_cell: Callable[..., Cell], params, x, seq_lengths,
     checks.check_dtype(fn, dtype)
     if unroll_steps is None:
         unroll_steps = default_unroll()
-    probe = make_cell(1)
-    sizes = checks.check_stack(fn, params, probe.params_type, probe.gates)
+    sizes = checks.check_stack(fn, params, kind)
     batch, time = checks.check_input(fn, x, sizes, batch_first)
     checks.check_seq_lengths(fn, seq_lengths, batch)
     if reg is not None:
@@ -127,9 +109,8 @@ def _run_stack(fn: str, make_cell: Callable[..., Cell], params, x, seq_lengths,
     initial_state = _broadcast_state(initial_state, batch)
     num_dirs = sizes.num_directions
     state_shape = (sizes.num_layers * num_dirs, batch, sizes.hidden_size)
-    options = {} if options_of is None else options_of(params[0][0])
-    cell = make_cell(sizes.hidden_size, **options)
-    pair = isinstance(cell.initial_carry((1,), jnp.float32), tuple)
+    cell = kind.cell_for(params[0][0], dtype=dtype, **call_options)
+    pair = kind.pair
     if initial_state is not None:
         if pair:
             if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 2:
@@ -144,7 +125,8 @@ def _run_stack(fn: str, make_cell: Callable[..., Cell], params, x, seq_lengths,
             checks.check_state(fn, "initial_state", initial_state, state_shape)
 
     if impl in ("auto", "fast", "pallas") and cell.recurrence is not None:
-        configs = _kernel_configs(kernel, impl, params, batch, dtype, remat_chunk)
+        configs = _kernel_configs(kind.kernel_for(**call_options), impl, params, batch, dtype,
+                                  remat_chunk)
         out, state = _run_fast(cell, params, x, seq_lengths, initial_state, dropout, key,
                                batch_first, unroll_steps, remat_chunk, pair, num_dirs,
                                configs, impl)
@@ -215,14 +197,18 @@ def _direction_unroll(impl: str, reg: Regularization | None, masks_key, index: i
 
 
 def zero_state(params, pair: bool):
-    """Zeros of a state without its batch axis, for a learnable initial state: ``h_0``
-    ``(num_layers * num_directions, w_hh.shape[1])``, and with ``pair`` (LSTM) ``(h_0,
-    c_0)``, ``c_0`` ``(num_layers * num_directions, w_hh.shape[0] // 4)``; the carry's
-    dtype. The layers broadcast it over the batch."""
+    """Zeros of a state without its batch axis, for a learnable initial state: the cell's
+    zero carry for a batch of ``num_layers * num_directions`` rows, in the carry's dtype:
+    ``h_0`` ``(num_layers * num_directions, output_size)``, and with ``pair`` (LSTM) ``(h_0,
+    c_0)``, ``c_0`` ``(num_layers * num_directions, hidden_size)``. The layers broadcast it
+    over the batch."""
     p = params[0][0]
+    kind = of_params(p)
+    if pair != kind.pair:
+        raise ValueError(f"zero_state: pair={pair} but the state of a {kind.name} stack "
+                         f"is {'(h, c)' if kind.pair else 'h'}")
     rows = len(params) * len(params[0])  # num_layers * num_directions
-    h = jnp.zeros((rows, p.w_hh.shape[1]), carry_dtype(p))
-    return (h, jnp.zeros((rows, p.w_hh.shape[0] // 4), h.dtype)) if pair else h
+    return kind.cell_for(p).initial_carry((rows,), carry_dtype(p))
 
 
 def _broadcast_state(initial_state, batch: int):
@@ -415,8 +401,8 @@ def init_lstm(key: jax.Array, input_size: int, hidden_size: int, num_layers: int
     num_layers``; layer 0 reads ``input_size`` features, later layers ``num_directions *
     hidden_size`` (``num_directions * proj_size`` with a projection, as torch).
     """
-    return _init_stack("lstm", lambda: lstm_cell(hidden_size, **cell_options), key, input_size,
-                       hidden_size, num_layers, bidirectional, cell_options.get("proj_size"))
+    return _init_stack(KINDS["lstm"], key, input_size, hidden_size, num_layers, bidirectional,
+                       cell_options)
 
 
 def init_gru(key: jax.Array, input_size: int, hidden_size: int, num_layers: int = 1,
@@ -427,8 +413,8 @@ def init_gru(key: jax.Array, input_size: int, hidden_size: int, num_layers: int 
     params are the same for both GRU forms; choose the form with ``gru(...,
     reset_after=...)``.
     """
-    return _init_stack("gru", lambda: gru_cell(hidden_size, **cell_options), key, input_size,
-                       hidden_size, num_layers, bidirectional)
+    return _init_stack(KINDS["gru"], key, input_size, hidden_size, num_layers, bidirectional,
+                       cell_options)
 
 
 def init_rnn(key: jax.Array, input_size: int, hidden_size: int, num_layers: int = 1,
@@ -438,8 +424,8 @@ def init_rnn(key: jax.Array, input_size: int, hidden_size: int, num_layers: int 
     ``cell_options`` go to :func:`recurrent.cells.rnn_cell` (its ``nonlinearity`` does not
     change the params; choose it with ``rnn(..., nonlinearity=...)``).
     """
-    return _init_stack("rnn", lambda: rnn_cell(hidden_size, **cell_options), key, input_size,
-                       hidden_size, num_layers, bidirectional)
+    return _init_stack(KINDS["rnn"], key, input_size, hidden_size, num_layers, bidirectional,
+                       cell_options)
 
 
 @overload
@@ -492,9 +478,8 @@ def lstm(params: Params, x: jax.Array, seq_lengths: jax.Array | None = None,
     num_directions * P)`` and ``h_0``, ``h_n`` are ``(num_layers * num_directions, batch,
     P)``; ``c_0``, ``c_n`` stay ``hidden_size`` wide.
     """
-    return _run_stack("lstm", lambda h, **o: lstm_cell(h, dtype=dtype, **o), params, x,
-                      seq_lengths, initial_state, dropout, key, batch_first, unroll, dtype,
-                      impl, remat_chunk, kernel="lstm", options_of=lstm_options,
+    return _run_stack(KINDS["lstm"], {}, params, x, seq_lengths, initial_state, dropout, key,
+                      batch_first, unroll, dtype, impl, remat_chunk,
                       reg=Regularization(input_dropout, recurrent_dropout, hidden_zoneout,
                                          cell_zoneout, deterministic),
                       return_activations=return_activations)
@@ -544,11 +529,9 @@ def gru(params: Params, x: jax.Array, seq_lengths: jax.Array | None = None,
 
     ``layer_norm`` (:func:`recurrent.cells.gru_cell`) is read off the params.
     """
-    return _run_stack("gru", lambda h, **o: gru_cell(h, reset_after=reset_after, dtype=dtype,
-                                                     **o),
-                      params, x, seq_lengths, initial_state, dropout, key, batch_first,
-                      unroll, dtype, impl, remat_chunk, kernel="gru" if reset_after else None,
-                      options_of=gru_options,
+    return _run_stack(KINDS["gru"], dict(reset_after=reset_after), params, x, seq_lengths,
+                      initial_state, dropout, key, batch_first, unroll, dtype, impl,
+                      remat_chunk,
                       reg=Regularization(input_dropout, recurrent_dropout, hidden_zoneout,
                                          deterministic=deterministic),
                       return_activations=return_activations)
@@ -589,9 +572,9 @@ def rnn(params: Params, x: jax.Array, seq_lengths: jax.Array | None = None,
             h = tanh(x[:, t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh)   # or relu
             y[:, t] = h
     """
-    return _run_stack("rnn", lambda h: rnn_cell(h, nonlinearity=nonlinearity, dtype=dtype),
-                      params, x, seq_lengths, initial_state, dropout, key, batch_first,
-                      unroll, dtype, impl, remat_chunk,
+    return _run_stack(KINDS["rnn"], dict(nonlinearity=nonlinearity), params, x, seq_lengths,
+                      initial_state, dropout, key, batch_first, unroll, dtype, impl,
+                      remat_chunk,
                       reg=Regularization(input_dropout, recurrent_dropout, hidden_zoneout,
                                          deterministic=deterministic),
                       return_activations=return_activations)
@@ -602,16 +585,16 @@ def init_mingru(key: jax.Array, input_size: int, hidden_size: int, num_layers: i
     """Params of a stacked (bidirectional) minGRU (Feng et al. 2024): a tuple per layer of
     ``MinGRUParams(w_ih (2H, I), b_ih (2H,))`` per direction. ``cell_options`` go to
     :func:`recurrent.minimal.mingru_cell`."""
-    return _init_stack("mingru", lambda: mingru_cell(hidden_size, **cell_options), key, input_size,
-                       hidden_size, num_layers, bidirectional)
+    return _init_stack(KINDS["mingru"], key, input_size, hidden_size, num_layers, bidirectional,
+                       cell_options)
 
 
 def init_minlstm(key: jax.Array, input_size: int, hidden_size: int, num_layers: int = 1,
                  bidirectional: bool = False, **cell_options: Any) -> Params:
     """Params of a stacked (bidirectional) minLSTM (Feng et al. 2024): a tuple per layer of
     ``MinLSTMParams(w_ih (3H, I), b_ih (3H,))`` per direction."""
-    return _init_stack("minlstm", lambda: minlstm_cell(hidden_size, **cell_options), key,
-                       input_size, hidden_size, num_layers, bidirectional)
+    return _init_stack(KINDS["minlstm"], key, input_size, hidden_size, num_layers,
+                       bidirectional, cell_options)
 
 
 @_document("mingru", *_H_STATE, impl_doc=_LINEAR_IMPL_DOC)
@@ -629,9 +612,8 @@ def mingru(params: Params, x: jax.Array, seq_lengths: jax.Array | None = None,
             h = (1 - z) * h + z * g(k_h)      # g(v) = v + 0.5 if v >= 0 else sigmoid(v)
             y[:, t] = h
     """
-    return _run_stack("mingru", lambda h: mingru_cell(h, dtype=dtype), params, x, seq_lengths,
-                      initial_state, dropout, key, batch_first, unroll, dtype, impl, None,
-                      impls=_LINEAR_IMPLS)
+    return _run_stack(KINDS["mingru"], {}, params, x, seq_lengths, initial_state, dropout,
+                      key, batch_first, unroll, dtype, impl, None)
 
 
 @_document("minlstm", *_H_STATE, impl_doc=_LINEAR_IMPL_DOC)
@@ -649,11 +631,13 @@ def minlstm(params: Params, x: jax.Array, seq_lengths: jax.Array | None = None,
             h = f / (f + i) * h + i / (f + i) * g(k_h)
             y[:, t] = h
     """
-    return _run_stack("minlstm", lambda h: minlstm_cell(h, dtype=dtype), params, x,
-                      seq_lengths, initial_state, dropout, key, batch_first, unroll, dtype,
-                      impl, None, impls=_LINEAR_IMPLS)
+    return _run_stack(KINDS["minlstm"], {}, params, x, seq_lengths, initial_state, dropout,
+                      key, batch_first, unroll, dtype, impl, None)
+
+#: ``(init, layer)`` of every kind of :data:`recurrent.kinds.KINDS`, by its name.
+LAYERS = {name: (globals()[f"init_{name}"], globals()[name]) for name in KINDS}
 
 __all__ = [
-    "CellParams", "Params", "gru", "init_gru", "init_lstm", "init_mingru", "init_minlstm",
+    "CellParams", "LAYERS", "Params", "gru", "init_gru", "init_lstm", "init_mingru", "init_minlstm",
     "init_rnn", "lstm", "mingru", "minlstm", "rnn",
 ]
