@@ -9,20 +9,19 @@ NamedTuple per direction. Sizes are read off their shapes, so they pass unchange
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from typing import Any, Literal, TypeVar, overload
 
 import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
-from recurrent import checks, fast
-from recurrent.cells import GRUParams, LSTMParams, RNNParams
-from recurrent.deer import deer_unroll
+from recurrent import checks
+from recurrent.cells import Cell, GRUParams, LSTMParams, RNNParams
+from recurrent.engines import ENGINES, LayerRun, kernel_configs
 from recurrent.kinds import KINDS, Kind, of_params
-from recurrent.minimal import MinGRUParams, MinLSTMParams, parallel_unroll
-from recurrent.regularize import Regularization, regularized_unroll
-from recurrent.unroll import carry_dtype, scan_unroll
+from recurrent.minimal import MinGRUParams, MinLSTMParams
+from recurrent.regularize import Regularization
+from recurrent.unroll import carry_dtype
 
 #: One direction of one layer: the params of its cell.
 CellParams = LSTMParams | GRUParams | RNNParams | MinGRUParams | MinLSTMParams
@@ -34,19 +33,6 @@ LSTMState = tuple[jax.Array, jax.Array]
 #: ``activations[layer][direction]``: a dict of every gate and state at every step.
 Activations = tuple[tuple[dict[str, jax.Array], ...], ...]
 _F = TypeVar("_F", bound=Callable[..., Any])
-
-# How the reference loop runs one layer and direction, by ``impl``; "auto" and "fast" run
-# whole layers through recurrent.fast (or the GPU kernel) instead, for cells with
-# ``recurrence``.
-_UNROLLS = {
-    "auto": scan_unroll,
-    "fast": scan_unroll,
-    "reference": scan_unroll,
-    "deer": partial(deer_unroll, jacobian="full"),
-    "quasi_deer": partial(deer_unroll, jacobian="diagonal"),
-    "parallel": parallel_unroll,
-}
-
 
 def default_unroll() -> int:
     """Scan steps per loop iteration where ``unroll=None``: 8 on a GPU, where it made the XLA
@@ -78,22 +64,23 @@ def _init_stack(kind: Kind, key, input_size, hidden_size, num_layers, bidirectio
 def _run_stack(kind: Kind, call_options: dict, params, x, seq_lengths, initial_state,
                dropout, key, batch_first, unroll_steps, dtype, impl, remat_chunk,
                reg: Regularization | None = None, return_activations: bool = False):
-    """Checks the arguments, then runs every layer and direction of a ``kind`` stack;
-    returns ``(y, state)``, or ``(y, state, activations)`` with ``return_activations``.
+    """Checks the arguments, then runs every layer of a ``kind`` stack, each by the engine
+    of :data:`recurrent.engines.ENGINES` that ``impl`` picks; returns ``(y, state)``, or
+    ``(y, state, activations)`` with ``return_activations``.
 
     The cell is ``kind``'s, with the options read off ``params[0][0]`` and
-    ``call_options``."""
-    fn, impls = kind.name, kind.impls
-    if impl not in impls:
-        raise ValueError(f"{fn}: impl must be one of {', '.join(map(repr, impls))}; "
+    ``call_options``. This loop owns what every engine shares: the time-major layout,
+    each layer's slice of the initial state, the dropout between layers and the final
+    state of every layer."""
+    fn = kind.name
+    if impl not in kind.impls:
+        raise ValueError(f"{fn}: impl must be one of {', '.join(map(repr, kind.impls))}; "
                          f"got {impl!r}")
     checks.check_size(fn, "unroll", unroll_steps, optional=True)
     checks.check_size(fn, "remat_chunk", remat_chunk, optional=True)
     checks.check_flag(fn, "batch_first", batch_first)
     checks.check_flag(fn, "return_activations", return_activations)
     checks.check_dtype(fn, dtype)
-    if unroll_steps is None:
-        unroll_steps = default_unroll()
     sizes = checks.check_stack(fn, params, kind)
     batch, time = checks.check_input(fn, x, sizes, batch_first)
     checks.check_seq_lengths(fn, seq_lengths, batch)
@@ -102,98 +89,81 @@ def _run_stack(kind: Kind, call_options: dict, params, x, seq_lengths, initial_s
         if reg.deterministic:  # evaluation: no dropout of any kind
             checks.check_rate(fn, dropout)
             dropout = 0.0
-    impl = _scan_impl(fn, impl, reg, return_activations)
-    if not batch or not time:  # one path for empty inputs, whatever the impl: the scan's
-        impl = "reference"
     checks.check_dropout(fn, dropout, key)
     initial_state = _broadcast_state(initial_state, batch)
     num_dirs = sizes.num_directions
-    state_shape = (sizes.num_layers * num_dirs, batch, sizes.hidden_size)
     cell = kind.cell_for(params[0][0], dtype=dtype, **call_options)
-    pair = kind.pair
-    if initial_state is not None:
-        if pair:
-            if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 2:
-                raise TypeError(f"{fn}: initial_state must be a pair (h_0, c_0); got "
-                                f"{type(initial_state).__name__}")
-            projected = sizes.output_size != sizes.hidden_size
-            checks.check_state(fn, "initial_state[0] (h_0)", initial_state[0],
-                               (*state_shape[:2], sizes.output_size),
-                               "proj_size" if projected else "hidden_size")
-            checks.check_state(fn, "initial_state[1] (c_0)", initial_state[1], state_shape)
-        else:
-            checks.check_state(fn, "initial_state", initial_state, state_shape)
-
-    if impl in ("auto", "fast", "pallas") and cell.recurrence is not None:
-        configs = _kernel_configs(kind.kernel_for(**call_options), impl, params, batch, dtype,
-                                  remat_chunk)
-        out, state = _run_fast(cell, params, x, seq_lengths, initial_state, dropout, key,
-                               batch_first, unroll_steps, remat_chunk, pair, num_dirs,
-                               configs, impl)
-        return (out if dtype is None else out.astype(dtype)), state
-
+    _check_initial_state(fn, kind, initial_state, sizes, batch)
+    impl = _engine(fn, impl, cell, reg, return_activations, empty=not batch or not time)
     masks_key = None
-    if reg is not None and reg.random:
+    if impl == "regularized" and reg is not None and reg.random:
         key, masks_key = jax.random.split(key)
-    out, finals, activations = x, [], []
+    run = LayerRun(cell, default_unroll() if unroll_steps is None else unroll_steps,
+                   remat_chunk, reg, masks_key, return_activations,
+                   kernel_configs(kind.kernel_for(**call_options), impl, params, batch, dtype,
+                                  remat_chunk))
+    engine = ENGINES[impl]
+
+    out = jnp.swapaxes(x, 0, 1) if batch_first else x  # (batch, T, I) -> (T, batch, I)
+    finals, activations = [], []
     for l, layer in enumerate(params):
-        ys, layer_activations = [], []
-        for d, p in enumerate(layer):
-            carry = None
-            if initial_state is not None:
-                carry = jax.tree.map(lambda s: s[l * num_dirs + d].astype(carry_dtype(p)),
-                                     tuple(initial_state) if pair else initial_state)
-            run = _direction_unroll(impl, reg, masks_key, l * num_dirs + d,
-                                    return_activations)
-            carry, y = run(cell, p, out, carry, seq_lengths=seq_lengths, reverse=d == 1,
-                           unroll=unroll_steps, time_major=not batch_first)
-            if return_activations:  # y is the dict of every gate and state
-                layer_activations.append(y)
-                y = y["h"]
-            finals.append(carry)
-            ys.append(y)
-        activations.append(tuple(layer_activations))
-        out = jnp.concatenate(ys, axis=-1)  # (batch, time, D*H)
-        if dropout > 0 and l < sizes.num_layers - 1:
+        state_dtype = carry_dtype(layer[0])
+        if initial_state is None:
+            carry = cell.initial_carry((num_dirs, batch), state_dtype)
+        else:  # leaves (L*D, batch, H) -> (D, batch, H)
+            carry = jax.tree.map(lambda s: s[l * num_dirs:(l + 1) * num_dirs].astype(
+                state_dtype), tuple(initial_state) if kind.pair else initial_state)
+        out, carry, layer_activations = engine(run, l, layer, out, carry, seq_lengths)
+        finals.append(carry)
+        activations.append(layer_activations)
+        if dropout > 0 and l < len(params) - 1:  # the mask is drawn batch-first
             key, sub = jax.random.split(key)
-            keep = jax.random.bernoulli(sub, 1 - dropout, out.shape)
-            out = jnp.where(keep, out / (1 - dropout), 0)
+            keep = jax.random.bernoulli(sub, 1 - dropout, (batch, time, out.shape[-1]))
+            out = jnp.where(jnp.swapaxes(keep, 0, 1), out / (1 - dropout), 0)
+    state = jax.tree.map(lambda *c: jnp.concatenate(c), *finals)  # each (L*D, batch, H)
+    if batch_first:  # (T, batch, ...) -> (batch, T, ...)
+        out, activations = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), (out, activations))
     if dtype is not None:
         out = out.astype(dtype)
-    state = jax.tree.map(lambda *c: jnp.stack(c), *finals)  # each (L*D, batch, H)
     if return_activations:
         return out, state, tuple(activations)
     return out, state
 
 
-def _needs_scan(reg: Regularization | None, return_activations: bool) -> bool:
-    """Whether ``reg`` changes the step or per-step activations are asked for: what only
-    the scan of :func:`recurrent.regularize.regularized_unroll` runs."""
-    return return_activations or (reg is not None and reg.changes_step)
+def _check_initial_state(fn: str, kind: Kind, initial_state, sizes, batch: int) -> None:
+    """``initial_state`` (broadcast over the batch) is ``None`` or shaped as the stack's
+    state: one array, or a pair ``(h_0, c_0)`` for a kind whose carry is a pair."""
+    if initial_state is None:
+        return
+    state_shape = (sizes.num_layers * sizes.num_directions, batch, sizes.hidden_size)
+    if not kind.pair:
+        checks.check_state(fn, "initial_state", initial_state, state_shape)
+        return
+    if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 2:
+        raise TypeError(f"{fn}: initial_state must be a pair (h_0, c_0); got "
+                        f"{type(initial_state).__name__}")
+    projected = sizes.output_size != sizes.hidden_size
+    checks.check_state(fn, "initial_state[0] (h_0)", initial_state[0],
+                       (*state_shape[:2], sizes.output_size),
+                       "proj_size" if projected else "hidden_size")
+    checks.check_state(fn, "initial_state[1] (c_0)", initial_state[1], state_shape)
 
 
-def _scan_impl(fn: str, impl: str, reg: Regularization | None, return_activations: bool):
-    """``impl``, or ``"reference"`` (the scan) where :func:`_needs_scan`: the fast path
-    runs only the plain cell."""
-    if not _needs_scan(reg, return_activations):
-        return impl
-    if impl not in ("auto", "fast", "reference"):
-        raise ValueError(f"{fn}: input_dropout, recurrent_dropout, zoneout and "
-                         f"return_activations run in the scan (impl='reference'); "
-                         f"impl={impl!r} cannot run them")
-    return "reference"
-
-
-def _direction_unroll(impl: str, reg: Regularization | None, masks_key, index: int,
-                      return_activations: bool):
-    """What runs layer and direction ``index`` (``layer * num_directions + direction``):
-    ``impl``'s unroll, or the scan with ``reg``'s masks drawn from
-    ``fold_in(masks_key, index)``."""
-    if not _needs_scan(reg, return_activations):
-        return _UNROLLS[impl]
-    key = None if masks_key is None else jax.random.fold_in(masks_key, index)
-    return partial(regularized_unroll, reg=reg or Regularization(), key=key,
-                   return_activations=return_activations)
+def _engine(fn: str, impl: str, cell: Cell, reg: Regularization | None,
+            return_activations: bool, empty: bool) -> str:
+    """The key of :data:`recurrent.engines.ENGINES` that runs ``impl``: "regularized" (the
+    scan) where ``reg`` changes the step or per-step activations are asked for, which only
+    it runs; "reference" for empty inputs (one path whatever the impl) and for the fast
+    impls of a cell without ``recurrence``; else ``impl``."""
+    if return_activations or (reg is not None and reg.changes_step):
+        if impl not in ("auto", "fast", "reference"):
+            raise ValueError(f"{fn}: input_dropout, recurrent_dropout, zoneout and "
+                             f"return_activations run in the scan (impl='reference'); "
+                             f"impl={impl!r} cannot run them")
+        return "regularized"
+    if empty or (impl in ("auto", "fast", "pallas") and cell.recurrence is None):
+        return "reference"
+    return impl
 
 
 def zero_state(params, pair: bool):
@@ -225,59 +195,6 @@ def _broadcast_state(initial_state, batch: int):
     if isinstance(initial_state, (tuple, list)):
         return tuple(widen(s) for s in initial_state)
     return None if initial_state is None else widen(initial_state)
-
-
-def _kernel_configs(kernel, impl, params, batch, dtype, remat_chunk):
-    """Each layer's GPU kernel configuration by :func:`recurrent.kernels.layer.configure`
-    (``None``: the XLA path). The kernels, and Pallas, are imported only where they may
-    run: for ``impl="pallas"``, and for ``"auto"`` in a process whose devices are GPUs."""
-    if impl == "fast" or (impl == "auto" and jax.default_backend() != "gpu"):
-        return [None] * len(params)
-    from recurrent.kernels import layer as kernel_layer
-
-    return [kernel_layer.configure(kernel, impl, layer, batch, dtype, remat_chunk)
-            for layer in params]
-
-
-def _run_fast(cell, params, x, seq_lengths, initial_state, dropout, key, batch_first,
-              unroll_steps, remat_chunk, pair, num_dirs, configs, impl):
-    """The stack by :func:`recurrent.fast.run_layer`, or by the GPU kernels' run_layer
-    where a layer's ``configs`` entry is not ``None``, time-major from the first layer to
-    the last; returns ``(y, state)`` as the reference loop of :func:`_run_stack` does.
-
-    ``impl="auto"`` chose the kernel from the process' device, but the program may be
-    lowered for another platform (``jax.export(..., platforms=("tpu",))`` on a GPU
-    machine): there the kernel runs only where it is lowered for CUDA, the XLA path
-    elsewhere (``lax.platform_dependent``, decided at lowering; XLA never sees a branch)."""
-    out = jnp.swapaxes(x, 0, 1) if batch_first else x  # (batch, T, I) -> (T, batch, I)
-    time, batch = out.shape[:2]
-    finals = []
-    for l, layer in enumerate(params):
-        if initial_state is None:
-            carry = cell.initial_carry((num_dirs, batch), carry_dtype(layer[0]))
-        else:  # leaves (L*D, batch, H) -> (D, batch, H)
-            carry = jax.tree.map(lambda s: s[l * num_dirs:(l + 1) * num_dirs].astype(
-                carry_dtype(layer[0])), tuple(initial_state) if pair else initial_state)
-        xla = partial(fast.run_layer, cell, layer, unroll=unroll_steps,
-                      remat_chunk=remat_chunk)
-        if configs[l] is None:
-            out, carry = xla(out, carry, seq_lengths)  # (T, batch, D*H)
-        else:
-            from recurrent.kernels import layer as kernel_layer
-
-            kernel = partial(kernel_layer.run_layer, cell, configs[l], layer)
-            if impl == "auto":
-                out, carry = jax.lax.platform_dependent(out, carry, seq_lengths, cuda=kernel,
-                                                        default=xla)
-            else:
-                out, carry = kernel(out, carry, seq_lengths)
-        finals.append(carry)
-        if dropout > 0 and l < len(params) - 1:  # the reference's mask, drawn batch-first
-            key, sub = jax.random.split(key)
-            keep = jax.random.bernoulli(sub, 1 - dropout, (batch, time, out.shape[-1]))
-            out = jnp.where(jnp.swapaxes(keep, 0, 1), out / (1 - dropout), 0)
-    state = jax.tree.map(lambda *c: jnp.concatenate(c), *finals)  # each (L*D, batch, H)
-    return (jnp.swapaxes(out, 0, 1) if batch_first else out), state  # (batch, T, D*H)
 
 
 _LAYER_DOC = """
