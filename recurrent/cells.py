@@ -193,7 +193,7 @@ def _layer_norm(x, gain, shift=None):
     return y if shift is None else y + shift
 
 
-def _project(params, x, dtype, fold_b_hh, gain=None):
+def project_input(params, x, dtype, fold_b_hh, gain=None):
     """The input half of the gates for every leading index: ``(..., I) -> (..., G*H)``;
     with ``gain``, ``x @ w_ih.T`` is layer-normalised before the biases are added.
     ``ValueError`` where ``x``'s features are not ``w_ih``'s columns."""
@@ -215,7 +215,7 @@ def _project(params, x, dtype, fold_b_hh, gain=None):
 ALL_ROWS = slice(None)
 
 
-def _plain_matmul(params, dtype):
+def plain_matmul(params, dtype):
     """The ``matmul(u, rows)`` of ``recurrence`` as a plain product: ``u @ w_hh[rows].T``."""
     return lambda u, rows: _matmul(u, params.w_hh[rows], dtype)
 
@@ -237,13 +237,13 @@ def _gate_mask(gates, hidden_size, tanh_gates):
     return jnp.isin(block, jnp.asarray(tanh_gates))
 
 
-def _cell_from(recurrence, carry_keys, dtype, params_type):
+def cell_from(recurrence, carry_keys, dtype, params_type):
     """``activations`` and ``step`` from ``recurrence`` with the plain recurrent matmul;
     ``step`` names params of another type than ``params_type`` (a GRU's in an LSTM cell
     would otherwise reach a broadcasting error)."""
 
     def activations(params, carry, xp_t):
-        return recurrence(params, carry, xp_t, _plain_matmul(params, dtype), sigmoid_tanh)
+        return recurrence(params, carry, xp_t, plain_matmul(params, dtype), sigmoid_tanh)
 
     def step(params, carry, xp_t):
         if type(params) is not params_type:
@@ -256,7 +256,7 @@ def _cell_from(recurrence, carry_keys, dtype, params_type):
     return activations, step
 
 
-def _zeros_carry(hidden_size, pair, output_size=None):
+def zeros_carry(hidden_size, pair, output_size=None):
     """``initial_carry``: zeros ``(*batch_shape, hidden_size)``, for a ``pair`` ``(h, c)``
     with ``h`` ``output_size`` wide when given (a projected LSTM)."""
     def initial_carry(batch_shape, dtype=jnp.float32):
@@ -354,7 +354,7 @@ def lstm_cell(hidden_size: int, *, proj_size: int = 0, peephole: bool = False,
         return params
 
     def project(params, x):
-        return _project(params, x, dtype, fold_b_hh=True,
+        return project_input(params, x, dtype, fold_b_hh=True,
                         gain=params.gamma_ih if layer_norm else None)
 
     def recurrence(params, carry, xp_t, matmul, act):
@@ -379,9 +379,11 @@ def lstm_cell(hidden_size: int, *, proj_size: int = 0, peephole: bool = False,
             h = _matmul(h, params.w_hr, dtype)  # (batch, H) -> (batch, P)
         return dict(i=i, f=f, g=g, o=o, c=c, h=h)
 
-    activations, step = _cell_from(recurrence, ("h", "c"), dtype, LSTMParams)
-    return Cell(init, project, step, _zeros_carry(H, pair=True, output_size=proj_size or None),
-                activations, LSTMParams, 4, recurrence, ("h", "c"), dtype)
+    activations, step = cell_from(recurrence, ("h", "c"), dtype, LSTMParams)
+    return Cell(init=init, project=project, step=step,
+                initial_carry=zeros_carry(H, pair=True, output_size=proj_size or None),
+                activations=activations, params_type=LSTMParams, gates=4,
+                recurrence=recurrence, carry_keys=("h", "c"), dtype=dtype)
 
 
 def gru_cell(hidden_size: int, *, reset_after: bool = True, layer_norm: bool = False,
@@ -420,7 +422,7 @@ def gru_cell(hidden_size: int, *, reset_after: bool = True, layer_norm: bool = F
         return params
 
     def project(params, x):
-        xp = _project(params, x, dtype, fold_b_hh=not reset_after,
+        xp = project_input(params, x, dtype, fold_b_hh=not reset_after,
                       gain=params.gamma_ih if layer_norm else None)
         if reset_after and params.b_hh is not None:  # b_hn stays inside r * (...)
             xp = xp + jnp.asarray(params.b_hh).at[2 * H:].set(0)
@@ -449,9 +451,10 @@ def gru_cell(hidden_size: int, *, reset_after: bool = True, layer_norm: bool = F
             n = act(x_n + h_n, True)
         return dict(r=r, z=z, n=n, h=(1 - z) * n + z * h)
 
-    activations, step = _cell_from(recurrence, ("h",), dtype, GRUParams)
-    return Cell(init, project, step, _zeros_carry(H, pair=False), activations, GRUParams, 3,
-                recurrence, ("h",), dtype)
+    activations, step = cell_from(recurrence, ("h",), dtype, GRUParams)
+    return Cell(init=init, project=project, step=step, initial_carry=zeros_carry(H, pair=False),
+                activations=activations, params_type=GRUParams, gates=3,
+                recurrence=recurrence, carry_keys=("h",), dtype=dtype)
 
 
 def rnn_cell(hidden_size: int, *, nonlinearity: str = "tanh", bias: bool = True,
@@ -469,15 +472,17 @@ def rnn_cell(hidden_size: int, *, nonlinearity: str = "tanh", bias: bool = True,
                       recurrent_init, bias_init)
 
     def project(params, x):
-        return _project(params, x, dtype, fold_b_hh=True)
+        return project_input(params, x, dtype, fold_b_hh=True)
 
     def recurrence(params, carry, xp_t, matmul, act):
         pre = xp_t + matmul(carry, ALL_ROWS)  # (batch, H)
         return dict(h=act(pre, True) if nonlinearity == "tanh" else jax.nn.relu(pre))
 
-    activations, step = _cell_from(recurrence, ("h",), dtype, RNNParams)
-    return Cell(init, project, step, _zeros_carry(hidden_size, pair=False), activations,
-                RNNParams, 1, recurrence, ("h",), dtype)
+    activations, step = cell_from(recurrence, ("h",), dtype, RNNParams)
+    return Cell(init=init, project=project, step=step,
+                initial_carry=zeros_carry(hidden_size, pair=False), activations=activations,
+                params_type=RNNParams, gates=1, recurrence=recurrence, carry_keys=("h",),
+                dtype=dtype)
 
 __all__ = [
     "Cell", "GRUParams", "LSTMParams", "RNNParams", "gru_cell", "lstm_cell", "rnn_cell",
