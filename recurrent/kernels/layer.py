@@ -76,7 +76,9 @@ def configure(kind: str | None, impl: str, layer, batch: int, dtype,
                              "reset_after=True only")
         p = layer[0]
         if not _plain(kind, p):
-            options = [name for name, on in KINDS[kind].param_options(p).items() if on]
+            plain = jax.eval_shape(lambda: KINDS[kind].cell(1).init(jax.random.key(0), 1))
+            options = [f for f in p._fields  # the fields of the cell options
+                       if getattr(p, f) is not None and getattr(plain, f) is None]
             raise ValueError(
                 f"impl='pallas' runs only the plain {kind.upper()} with float32 or bfloat16 "
                 f"params; got {type(p).__name__} of {p.w_ih.dtype}"
