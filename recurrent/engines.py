@@ -9,7 +9,7 @@ with ``xs (time, batch, input)``, ``carry`` leaves ``(D, batch, H)`` in and out,
 tuple of one dict of every gate and state per direction (each leaf ``(time, batch, H)``),
 empty unless ``run.return_activations``. ``run`` (a :class:`LayerRun`) holds what is the
 same for every layer of the stack. The stack itself (state slicing, inter-layer dropout,
-final states) is :func:`recurrent.layers.run_stack`'s.
+final states) is ``recurrent.layers._run_stack``'s.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def _auto(run: LayerRun, l: int, layer, xs, carry, seq_lengths):
 
 
 #: Every way of running a layer, by ``impl``; "regularized" is the scan that
-#: :func:`recurrent.layers.run_stack` picks for dropout, zoneout and activations.
+#: ``recurrent.layers._run_stack`` picks for dropout, zoneout and activations.
 ENGINES: dict[str, Callable] = {
     "auto": _auto,
     "fast": _fast,
