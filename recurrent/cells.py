@@ -193,7 +193,7 @@ def _layer_norm(x, gain, shift=None):
     return y if shift is None else y + shift
 
 
-def _project(params, x, dtype, fold_b_hh, gain=None):
+def project_input(params, x, dtype, fold_b_hh, gain=None):
     """The input half of the gates for every leading index: ``(..., I) -> (..., G*H)``;
     with ``gain``, ``x @ w_ih.T`` is layer-normalised before the biases are added.
     ``ValueError`` where ``x``'s features are not ``w_ih``'s columns."""
@@ -215,7 +215,7 @@ def _project(params, x, dtype, fold_b_hh, gain=None):
 ALL_ROWS = slice(None)
 
 
-def _plain_matmul(params, dtype):
+def plain_matmul(params, dtype):
     """The ``matmul(u, rows)`` of ``recurrence`` as a plain product: ``u @ w_hh[rows].T``."""
     return lambda u, rows: _matmul(u, params.w_hh[rows], dtype)
 
@@ -237,14 +237,14 @@ def _gate_mask(gates, hidden_size, tanh_gates):
     return jnp.isin(block, jnp.asarray(tanh_gates))
 
 
-def _cell_from(recurrence, carry_keys, dtype, params_type, initial_carry=None):
+def cell_from(recurrence, carry_keys, dtype, params_type, initial_carry=None):
     """``activations`` and ``step`` from ``recurrence`` with the plain recurrent matmul;
     ``step`` names params of another type than ``params_type`` (a GRU's in an LSTM cell
     would otherwise reach a broadcasting error) and, given ``initial_carry``, a carry of
     another structure or shape than it makes for ``xp_t``'s batch shape."""
 
     def activations(params, carry, xp_t):
-        return recurrence(params, carry, xp_t, _plain_matmul(params, dtype), sigmoid_tanh)
+        return recurrence(params, carry, xp_t, plain_matmul(params, dtype), sigmoid_tanh)
 
     def step(params, carry, xp_t):
         if type(params) is not params_type:
@@ -260,7 +260,7 @@ def _cell_from(recurrence, carry_keys, dtype, params_type, initial_carry=None):
     return activations, step
 
 
-def _zeros_carry(hidden_size, pair, output_size=None):
+def zeros_carry(hidden_size, pair, output_size=None):
     """``initial_carry``: zeros ``(*batch_shape, hidden_size)``, for a ``pair`` ``(h, c)``
     with ``h`` ``output_size`` wide when given (a projected LSTM)."""
     def initial_carry(batch_shape, dtype=jnp.float32):
@@ -358,7 +358,7 @@ def lstm_cell(hidden_size: int, *, proj_size: int = 0, peephole: bool = False,
         return params
 
     def project(params, x):
-        return _project(params, x, dtype, fold_b_hh=True,
+        return project_input(params, x, dtype, fold_b_hh=True,
                         gain=params.gamma_ih if layer_norm else None)
 
     def recurrence(params, carry, xp_t, matmul, act):
@@ -383,10 +383,12 @@ def lstm_cell(hidden_size: int, *, proj_size: int = 0, peephole: bool = False,
             h = _matmul(h, params.w_hr, dtype)  # (batch, H) -> (batch, P)
         return dict(i=i, f=f, g=g, o=o, c=c, h=h)
 
-    initial_carry = _zeros_carry(H, pair=True, output_size=proj_size or None)
-    activations, step = _cell_from(recurrence, ("h", "c"), dtype, LSTMParams, initial_carry)
-    return Cell(init, project, step, initial_carry, activations, LSTMParams, 4, recurrence,
-                ("h", "c"), dtype)
+    initial_carry = zeros_carry(H, pair=True, output_size=proj_size or None)
+    activations, step = cell_from(recurrence, ("h", "c"), dtype, LSTMParams, initial_carry)
+    return Cell(init=init, project=project, step=step,
+                initial_carry=initial_carry,
+                activations=activations, params_type=LSTMParams, gates=4,
+                recurrence=recurrence, carry_keys=("h", "c"), dtype=dtype)
 
 
 def gru_cell(hidden_size: int, *, reset_after: bool = True, layer_norm: bool = False,
@@ -425,7 +427,7 @@ def gru_cell(hidden_size: int, *, reset_after: bool = True, layer_norm: bool = F
         return params
 
     def project(params, x):
-        xp = _project(params, x, dtype, fold_b_hh=not reset_after,
+        xp = project_input(params, x, dtype, fold_b_hh=not reset_after,
                       gain=params.gamma_ih if layer_norm else None)
         if reset_after and params.b_hh is not None:  # b_hn stays inside r * (...)
             xp = xp + jnp.asarray(params.b_hh).at[2 * H:].set(0)
@@ -454,10 +456,11 @@ def gru_cell(hidden_size: int, *, reset_after: bool = True, layer_norm: bool = F
             n = act(x_n + h_n, True)
         return dict(r=r, z=z, n=n, h=(1 - z) * n + z * h)
 
-    initial_carry = _zeros_carry(H, pair=False)
-    activations, step = _cell_from(recurrence, ("h",), dtype, GRUParams, initial_carry)
-    return Cell(init, project, step, initial_carry, activations, GRUParams, 3, recurrence,
-                ("h",), dtype)
+    initial_carry = zeros_carry(H, pair=False)
+    activations, step = cell_from(recurrence, ("h",), dtype, GRUParams, initial_carry)
+    return Cell(init=init, project=project, step=step, initial_carry=initial_carry,
+                activations=activations, params_type=GRUParams, gates=3,
+                recurrence=recurrence, carry_keys=("h",), dtype=dtype)
 
 
 def rnn_cell(hidden_size: int, *, nonlinearity: str = "tanh", bias: bool = True,
@@ -475,16 +478,18 @@ def rnn_cell(hidden_size: int, *, nonlinearity: str = "tanh", bias: bool = True,
                       recurrent_init, bias_init)
 
     def project(params, x):
-        return _project(params, x, dtype, fold_b_hh=True)
+        return project_input(params, x, dtype, fold_b_hh=True)
 
     def recurrence(params, carry, xp_t, matmul, act):
         pre = xp_t + matmul(carry, ALL_ROWS)  # (batch, H)
         return dict(h=act(pre, True) if nonlinearity == "tanh" else jax.nn.relu(pre))
 
-    initial_carry = _zeros_carry(hidden_size, pair=False)
-    activations, step = _cell_from(recurrence, ("h",), dtype, RNNParams, initial_carry)
-    return Cell(init, project, step, initial_carry, activations, RNNParams, 1, recurrence,
-                ("h",), dtype)
+    initial_carry = zeros_carry(hidden_size, pair=False)
+    activations, step = cell_from(recurrence, ("h",), dtype, RNNParams, initial_carry)
+    return Cell(init=init, project=project, step=step,
+                initial_carry=initial_carry, activations=activations,
+                params_type=RNNParams, gates=1, recurrence=recurrence, carry_keys=("h",),
+                dtype=dtype)
 
 __all__ = [
     "Cell", "GRUParams", "LSTMParams", "RNNParams", "gru_cell", "lstm_cell", "rnn_cell",

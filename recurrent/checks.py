@@ -24,17 +24,37 @@ def _shape(x):
     return getattr(x, "shape", None)
 
 
-def check_stack(fn: str, params, params_type: type, gates: int) -> StackShape:
-    """Checks that ``params`` is ``((cell_params,) * directions,) * layers`` of ``params_type``
-    with consistent shapes, and returns the sizes read off them."""
-    return _check_layers(fn, params, params_type, gates, lambda l, d: f"params[{l}][{d}]",
-                         f"init_{fn}")
+def check_stack(fn: str, params, kind) -> StackShape:
+    """Checks that ``params`` is ``((cell_params,) * directions,) * layers`` of ``kind``'s
+    params type (``kind`` a :class:`recurrent.kinds.Kind`) with every field shaped as
+    ``kind``'s cell, made with the options read off ``params[0][0]``, makes it
+    (``jax.eval_shape`` of its ``init``), and returns the sizes read off them."""
+    label = lambda l, d: f"params[{l}][{d}]"  # noqa: E731
+    _check_structure(fn, params, kind.params_type, kind.gates, label, f"init_{fn}")
+    first, num_dirs = params[0][0], len(params[0])
+    input_size = first.w_ih.shape[1]
+    _, carry = kind.init_shapes(first, input_size)
+    sizes = _sizes(params, carry)
+    for l, layer in enumerate(params):
+        want, _ = kind.init_shapes(first, input_size if l == 0 else num_dirs * sizes.output_size)
+        for d, p in enumerate(layer):
+            _check_fields(fn, p, want, label(l, d), strict=True)
+    return sizes
 
 
-def _check_layers(fn: str, params, params_type: type, gates: int, label,
-                  made_by: str) -> StackShape:
-    """:func:`check_stack`, naming the params of layer ``l``, direction ``d`` ``label(l, d)``
-    and the function that makes them ``made_by``."""
+def _sizes(params, carry) -> StackShape:
+    """The sizes of ``params``, whose cell's carry for a batch of one is ``carry``."""
+    widths = [leaf.shape[-1] for leaf in jax.tree.leaves(carry)]  # h's, then c's if a pair
+    return StackShape(len(params), len(params[0]), params[0][0].w_ih.shape[1], widths[-1],
+                      widths[0])
+
+
+def _check_structure(fn: str, params, params_type: type, gates: int, label,
+                     made_by: str) -> None:
+    """The checks of every stack that need no cell: layers of 1 or 2 directions of
+    ``params_type``, a ``(gates * hidden_size, input_size)`` ``w_ih`` and the same fields
+    set everywhere. Names the params of layer ``l``, direction ``d`` ``label(l, d)`` and
+    the function that makes them ``made_by``."""
     if not isinstance(params, (tuple, list)) or not params or not all(
             isinstance(layer, (tuple, list)) for layer in params):
         raise TypeError(f"{fn}: params must be a tuple of layers, each a tuple of "
@@ -59,29 +79,29 @@ def _check_layers(fn: str, params, params_type: type, gates: int, label,
     if w_ih is None or len(w_ih) != 2 or w_ih[0] % gates or not w_ih[0]:
         raise ValueError(f"{fn}: {label(0, 0)}.w_ih must be a ({gates} * hidden_size, "
                          f"input_size) matrix with hidden_size >= 1; got shape {w_ih}")
-    fields = params_type._fields
-    _check_same_fields(fn, params, fields, label)
-    input_size, rows = w_ih[1], w_ih[0]
-    hidden = output = rows // gates
-    if getattr(first, "w_hr", None) is not None:  # an LSTM projection: h is (batch, P)
-        w_hr = _shape(first.w_hr)
-        if w_hr is None or len(w_hr) != 2:
-            raise ValueError(f"{fn}: {label(0, 0)}.w_hr must be a (proj_size, hidden_size) "
-                             f"matrix; got shape {w_hr}")
-        output = w_hr[0]
-    for l, layer in enumerate(params):
-        want = {"w_ih": (rows, input_size if l == 0 else num_dirs * output),
-                "w_hh": (rows, output), "b_ih": (rows,), "b_hh": (rows,),
-                "w_hr": (output, hidden), "w_ci": (hidden,), "w_cf": (hidden,),
-                "w_co": (hidden,), "gamma_ih": (rows,), "gamma_hh": (rows,),
-                "gamma_c": (hidden,), "beta_c": (hidden,)}
-        for d, p in enumerate(layer):
-            for name in fields:
-                got, shape = _shape(getattr(p, name)), want[name]
-                if getattr(p, name) is not None and (got is None or tuple(got) != shape):
-                    raise ValueError(f"{fn}: {label(l, d)}.{name} has shape {got}; "
-                                     f"expected {shape}")
-    return StackShape(len(params), num_dirs, input_size, hidden, output)
+    for name in params_type._fields:  # the options are read off these shapes
+        value = getattr(first, name)
+        if value is not None and _shape(value) is None:
+            raise ValueError(f"{fn}: {label(0, 0)}.{name} must be an array; got "
+                             f"{type(value).__name__}")
+    if getattr(first, "w_hr", None) is not None and len(_shape(first.w_hr)) != 2:
+        raise ValueError(f"{fn}: {label(0, 0)}.w_hr must be a (proj_size, hidden_size) "
+                         f"matrix; got shape {_shape(first.w_hr)}")
+    _check_same_fields(fn, params, params_type._fields, label)
+
+
+def _check_fields(fn: str, p, want, label: str, strict: bool) -> None:
+    """Every field of ``p`` has the shape of ``want``'s (what the cell's ``init`` makes);
+    ``strict``: and is set exactly where ``want``'s is."""
+    for name in p._fields:
+        got, shape = getattr(p, name), getattr(want, name)
+        if got is not None and shape is not None and tuple(_shape(got)) != shape.shape:
+            raise ValueError(f"{fn}: {label}.{name} has shape {tuple(_shape(got))}; "
+                             f"expected {shape.shape}")
+        if strict and (got is None) != (shape is None):
+            raise ValueError(f"{fn}: {label}.{name} is {'None' if got is None else 'set'}; "
+                             f"the cell options read off the params make it "
+                             f"{'an array of shape ' + str(shape.shape) if shape else 'None'}")
 
 
 def _check_same_fields(fn: str, params, fields, label) -> None:
@@ -192,16 +212,20 @@ def check_dtype(fn: str, dtype) -> None:
 
 
 def check_cell_params(fn: str, cell, params) -> StackShape:
-    """``params`` must be one ``cell.params_type`` whose shapes fit ``cell``'s sizes;
-    returns the sizes read off them (one layer, one direction)."""
-    sizes = _check_layers(fn, ((params,),), cell.params_type, cell.gates, lambda l, d: "params",
-                          "cell.init")
-    widths = [leaf.shape[-1] for leaf in jax.tree.leaves(cell.initial_carry((1,)))]
-    if (widths[0], widths[-1]) != (sizes.output_size, sizes.hidden_size):
-        raise ValueError(f"{fn}: params are for hidden_size={sizes.hidden_size} (w_ih has "
-                         f"shape {tuple(params.w_ih.shape)}) but the cell was made for "
-                         f"hidden_size={widths[-1]}")
-    return sizes
+    """``params`` must be one ``cell.params_type`` whose set fields have the shapes
+    ``cell.init`` makes (``jax.eval_shape``); returns the sizes read off them (one layer,
+    one direction)."""
+    _check_structure(fn, ((params,),), cell.params_type, cell.gates, lambda l, d: "params",
+                     "cell.init")
+    input_size = params.w_ih.shape[1]
+    want = jax.eval_shape(lambda: cell.init(jax.random.key(0), input_size))
+    rows = want.w_ih.shape[0]
+    if params.w_ih.shape[0] != rows:
+        raise ValueError(f"{fn}: params are for hidden_size={params.w_ih.shape[0] // cell.gates}"
+                         f" (w_ih has shape {tuple(params.w_ih.shape)}) but the cell was made "
+                         f"for hidden_size={rows // cell.gates}")
+    _check_fields(fn, params, want, "params", strict=False)
+    return _sizes(((params,),), jax.eval_shape(lambda: cell.initial_carry((1,))))
 
 
 def check_unroll(fn: str, cell, params, xs, carry, seq_lengths, time_major) -> None:

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from recurrent import checks
-from recurrent.cells import Cell, _plain_matmul, sigmoid_tanh
+from recurrent.cells import Cell, plain_matmul, sigmoid_tanh
 from recurrent.framing import reverse_index
 from recurrent.unroll import project_time_major
 from recurrent.unroll import scan_unroll as sequential_unroll
@@ -87,7 +87,7 @@ def _diagonal_matmul(params, dtype, hidden):
     JVP is ``tile(du) * diag``: the diagonal of each ``(H, H)`` gate block of ``w_hh[rows]``
     times the tangent, so unit ``i`` of every block sees only unit ``i`` of ``u``. Where
     the blocks are not square (``u`` is a projected LSTM's ``(..., P)``) the JVP is zero."""
-    plain = _plain_matmul(params, dtype)
+    plain = plain_matmul(params, dtype)
 
     def matmul(u, rows):
         w = jax.lax.stop_gradient(params.w_hh[rows])  # (n*H, K)

@@ -17,11 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from recurrent import checks
-from recurrent.cells import GRUParams, LSTMParams, RNNParams
+from recurrent.kinds import KINDS, Kind
 from recurrent.layers import Params
 
 _FIELDS = {"weight_ih": "w_ih", "weight_hh": "w_hh", "bias_ih": "b_ih", "bias_hh": "b_hh",
            "weight_hr": "w_hr"}  # in torch's order
+# e.g. "LSTM has 4, GRU 3, RNN 1": what a weight_hh of the wrong kind is checked against
+_GATE_COUNTS = ", ".join(f"{k.torch} {'has ' if i == 0 else ''}{k.gates}"
+                         for i, k in enumerate(k for k in KINDS.values() if k.torch))
 _KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?$")
 
 
@@ -47,7 +50,8 @@ def _as_numpy_dict(fn: str, source) -> dict[str, np.ndarray]:
     return out
 
 
-def _from_torch(fn: str, source, params_type: type, gates: int):
+def _from_torch(fn: str, source, kind: Kind):
+    params_type, gates = kind.params_type, kind.gates
     state = _as_numpy_dict(fn, source)
     layer_ids = [int(m.group(2)) for k in state if (m := _KEY.match(k))]
     if not layer_ids:
@@ -70,7 +74,7 @@ def _from_torch(fn: str, source, params_type: type, gates: int):
     if w_hh.ndim != 2 or w_hh.shape[0] != gates * hidden:
         raise ValueError(f"{fn}: weight_hh_l0 has shape {w_hh.shape}; expected "
                          f"({gates} * hidden_size, {'proj_size' if projected else 'hidden_size'})"
-                         f" for {gates} gate blocks (LSTM has 4, GRU 3, RNN 1)")
+                         f" for {gates} gate blocks ({_GATE_COUNTS})")
 
     def get(name, l, d):
         key = _torch_key(name, l, d)
@@ -81,13 +85,13 @@ def _from_torch(fn: str, source, params_type: type, gates: int):
                              if field in params_type._fields})
               for d in range(num_dirs))
         for l in range(num_layers))
-    checks.check_stack(fn, params, params_type, gates)
+    checks.check_stack(fn, params, kind)
     return params
 
 
-def _to_torch(fn: str, params, params_type: type, gates: int) -> dict:
-    checks.check_stack(fn, params, params_type, gates)
-    extra = [f for f in params_type._fields
+def _to_torch(fn: str, params, kind: Kind) -> dict:
+    checks.check_stack(fn, params, kind)
+    extra = [f for f in kind.params_type._fields
              if f not in _FIELDS.values() and getattr(params[0][0], f) is not None]
     if extra:
         raise ValueError(f"{fn}: the params have {', '.join(extra)} (peephole or layer_norm "
@@ -114,17 +118,17 @@ def lstm_from_torch(source: Any) -> Params:
     ``proj_size > 0``, to ``w_hr``) are read from its keys. Raises ``ValueError``
     on missing or unexpected keys or on shapes that are not an LSTM's.
     """
-    return _from_torch("lstm_from_torch", source, LSTMParams, 4)
+    return _from_torch("lstm_from_torch", source, KINDS["lstm"])
 
 
 def gru_from_torch(source: Any) -> Params:
     """Params for :func:`recurrent.gru` from a ``torch.nn.GRU`` or its state dict."""
-    return _from_torch("gru_from_torch", source, GRUParams, 3)
+    return _from_torch("gru_from_torch", source, KINDS["gru"])
 
 
 def rnn_from_torch(source: Any) -> Params:
     """Params for :func:`recurrent.rnn` from a ``torch.nn.RNN`` or its state dict."""
-    return _from_torch("rnn_from_torch", source, RNNParams, 1)
+    return _from_torch("rnn_from_torch", source, KINDS["rnn"])
 
 
 def lstm_to_torch(params: Params) -> dict[str, Any]:
@@ -132,17 +136,17 @@ def lstm_to_torch(params: Params) -> dict[str, Any]:
     torch's key order; ``module.load_state_dict(lstm_to_torch(params))`` loads it (a
     module made with ``proj_size=P`` for params with ``w_hr``). ``ValueError`` for params
     with peepholes or layer norm, which torch does not have."""
-    return _to_torch("lstm_to_torch", params, LSTMParams, 4)
+    return _to_torch("lstm_to_torch", params, KINDS["lstm"])
 
 
 def gru_to_torch(params: Params) -> dict[str, Any]:
     """A ``torch.nn.GRU`` state dict from GRU params."""
-    return _to_torch("gru_to_torch", params, GRUParams, 3)
+    return _to_torch("gru_to_torch", params, KINDS["gru"])
 
 
 def rnn_to_torch(params: Params) -> dict[str, Any]:
     """A ``torch.nn.RNN`` state dict from RNN params."""
-    return _to_torch("rnn_to_torch", params, RNNParams, 1)
+    return _to_torch("rnn_to_torch", params, KINDS["rnn"])
 
 __all__ = [
     "gru_from_torch", "gru_to_torch", "lstm_from_torch", "lstm_to_torch", "rnn_from_torch",

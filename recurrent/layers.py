@@ -8,36 +8,20 @@ NamedTuple per direction. Sizes are read off their shapes, so they pass unchange
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import partial
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Literal, overload
 
 import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
-from recurrent import checks, fast
-from recurrent.cells import (
-    Cell,
-    GRUParams,
-    LSTMParams,
-    RNNParams,
-    gru_cell,
-    gru_options,
-    lstm_cell,
-    lstm_options,
-    rnn_cell,
-)
-from recurrent.deer import deer_unroll
-from recurrent.minimal import (
-    MinGRUParams,
-    MinLSTMParams,
-    mingru_cell,
-    minlstm_cell,
-    parallel_unroll,
-)
-from recurrent.regularize import Regularization, regularized_unroll
-from recurrent.unroll import carry_dtype, scan_unroll
+from recurrent import checks
+from recurrent.cells import Cell, GRUParams, LSTMParams, RNNParams
+from recurrent.engines import ENGINES, LayerRun, kernel_configs
+from recurrent.kinds import KINDS, Kind, of_params
+from recurrent.layer_docs import H_STATE, LINEAR_IMPL_DOC, document
+from recurrent.minimal import MinGRUParams, MinLSTMParams
+from recurrent.regularize import Regularization
+from recurrent.unroll import carry_dtype
 
 #: One direction of one layer: the params of its cell.
 CellParams = LSTMParams | GRUParams | RNNParams | MinGRUParams | MinLSTMParams
@@ -48,22 +32,6 @@ Params = tuple[tuple[CellParams, ...], ...]
 LSTMState = tuple[jax.Array, jax.Array]
 #: ``activations[layer][direction]``: a dict of every gate and state at every step.
 Activations = tuple[tuple[dict[str, jax.Array], ...], ...]
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-# How the reference loop runs one layer and direction, by ``impl``; "auto" and "fast" run
-# whole layers through recurrent.fast (or the GPU kernel) instead, for cells with
-# ``recurrence``.
-_UNROLLS = {
-    "auto": scan_unroll,
-    "fast": scan_unroll,
-    "reference": scan_unroll,
-    "deer": partial(deer_unroll, jacobian="full"),
-    "quasi_deer": partial(deer_unroll, jacobian="diagonal"),
-    "parallel": parallel_unroll,
-}
-_NONLINEAR_IMPLS = ("auto", "fast", "pallas", "reference", "deer", "quasi_deer")
-_LINEAR_IMPLS = ("parallel", "reference")
-
 
 def default_unroll() -> int:
     """Scan steps per loop iteration where ``unroll=None``: 8 on a GPU, where it made the XLA
@@ -72,47 +40,47 @@ def default_unroll() -> int:
     return 8 if jax.default_backend() == "gpu" else 1
 
 
-def _init_stack(fn: str, make_cell: Callable[[], Cell], key, input_size, hidden_size,
-                num_layers, bidirectional, output_size=None):
-    """``num_layers`` x directions params of the cell ``make_cell()``, built once the sizes
-    are checked; layer ``l > 0`` reads ``D * H`` features (``D * output_size`` when the
-    cell's output is not ``H`` wide)."""
+def _init_stack(kind: Kind, key, input_size, hidden_size, num_layers, bidirectional,
+                cell_options: dict):
+    """``num_layers`` x directions params of ``kind.cell(hidden_size, **cell_options)``,
+    built once the sizes are checked; layer ``l > 0`` reads ``D * H`` features (``D *
+    proj_size`` when the cell's output is not ``H`` wide)."""
     for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
                         ("num_layers", num_layers)):
-        checks.check_size(f"init_{fn}", name, value)
-    checks.check_flag(f"init_{fn}", "bidirectional", bidirectional)
-    cell = make_cell()
+        checks.check_size(f"init_{kind.name}", name, value)
+    checks.check_flag(f"init_{kind.name}", "bidirectional", bidirectional)
+    cell = kind.cell(hidden_size, **cell_options)
+    output_size = jax.tree.leaves(jax.eval_shape(lambda: cell.initial_carry((1,))))[0].shape[-1]
     num_dirs = 2 if bidirectional else 1
     keys = jax.random.split(key, num_layers * num_dirs)
     return tuple(
         tuple(cell.init(keys[l * num_dirs + d],
-                        input_size if l == 0 else num_dirs * (output_size or hidden_size))
+                        input_size if l == 0 else num_dirs * output_size)
               for d in range(num_dirs))
         for l in range(num_layers))
 
 
-def _run_stack(fn: str, make_cell: Callable[..., Cell], params, x, seq_lengths,
-               initial_state, dropout, key, batch_first, unroll_steps, dtype, impl,
-               remat_chunk, impls=_NONLINEAR_IMPLS, kernel=None, options_of=None,
+def _run_stack(kind: Kind, call_options: dict, params, x, seq_lengths, initial_state,
+               dropout, key, batch_first, unroll_steps, dtype, impl, remat_chunk,
                reg: Regularization | None = None, return_activations: bool = False):
-    """Checks the arguments, then runs every layer and direction; returns ``(y, state)``, or
+    """Checks the arguments, then runs every layer of a ``kind`` stack, each by the engine
+    of :data:`recurrent.engines.ENGINES` that ``impl`` picks; returns ``(y, state)``, or
     ``(y, state, activations)`` with ``return_activations``.
 
-    ``make_cell(hidden_size, **options)`` builds the cell, with ``options_of(params[0][0])``
-    (the cell options read off the params) when given. ``kernel`` names the GPU kernel
-    that can run the plain cell (:mod:`recurrent.kernels`), if any."""
-    if impl not in impls:
-        raise ValueError(f"{fn}: impl must be one of {', '.join(map(repr, impls))}; "
+    The cell is ``kind``'s, with the options read off ``params[0][0]`` and
+    ``call_options``. This loop owns what every engine shares: the time-major layout,
+    each layer's slice of the initial state, the dropout between layers and the final
+    state of every layer."""
+    fn = kind.name
+    if impl not in kind.impls:
+        raise ValueError(f"{fn}: impl must be one of {', '.join(map(repr, kind.impls))}; "
                          f"got {impl!r}")
     checks.check_size(fn, "unroll", unroll_steps, optional=True)
     checks.check_size(fn, "remat_chunk", remat_chunk, optional=True)
     checks.check_flag(fn, "batch_first", batch_first)
     checks.check_flag(fn, "return_activations", return_activations)
     checks.check_dtype(fn, dtype)
-    if unroll_steps is None:
-        unroll_steps = default_unroll()
-    probe = make_cell(1)
-    sizes = checks.check_stack(fn, params, probe.params_type, probe.gates)
+    sizes = checks.check_stack(fn, params, kind)
     batch, time = checks.check_input(fn, x, sizes, batch_first)
     checks.check_seq_lengths(fn, seq_lengths, batch)
     if reg is not None:
@@ -120,109 +88,96 @@ def _run_stack(fn: str, make_cell: Callable[..., Cell], params, x, seq_lengths,
         if reg.deterministic:  # evaluation: no dropout of any kind
             checks.check_rate(fn, dropout)
             dropout = 0.0
-    impl = _scan_impl(fn, impl, reg, return_activations)
-    if not batch or not time:  # one path for empty inputs, whatever the impl: the scan's
-        impl = "reference"
     checks.check_dropout(fn, dropout, key)
     initial_state = _broadcast_state(initial_state, batch)
     num_dirs = sizes.num_directions
-    state_shape = (sizes.num_layers * num_dirs, batch, sizes.hidden_size)
-    options = {} if options_of is None else options_of(params[0][0])
-    cell = make_cell(sizes.hidden_size, **options)
-    pair = isinstance(cell.initial_carry((1,), jnp.float32), tuple)
-    if initial_state is not None:
-        if pair:
-            if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 2:
-                raise TypeError(f"{fn}: initial_state must be a pair (h_0, c_0); got "
-                                f"{type(initial_state).__name__}")
-            projected = sizes.output_size != sizes.hidden_size
-            checks.check_state(fn, "initial_state[0] (h_0)", initial_state[0],
-                               (*state_shape[:2], sizes.output_size),
-                               "proj_size" if projected else "hidden_size")
-            checks.check_state(fn, "initial_state[1] (c_0)", initial_state[1], state_shape)
-        else:
-            checks.check_state(fn, "initial_state", initial_state, state_shape)
-
-    if impl in ("auto", "fast", "pallas") and cell.recurrence is not None:
-        configs = _kernel_configs(kernel, impl, params, batch, dtype, remat_chunk)
-        out, state = _run_fast(cell, params, x, seq_lengths, initial_state, dropout, key,
-                               batch_first, unroll_steps, remat_chunk, pair, num_dirs,
-                               configs, impl)
-        return (out if dtype is None else out.astype(dtype)), state
-
+    cell = kind.cell_for(params[0][0], dtype=dtype, **call_options)
+    _check_initial_state(fn, kind, initial_state, sizes, batch)
+    impl = _engine(fn, impl, cell, reg, return_activations, empty=not batch or not time)
     masks_key = None
-    if reg is not None and reg.random:
+    if impl == "regularized" and reg is not None and reg.random:
         key, masks_key = jax.random.split(key)
-    out, finals, activations = x, [], []
+    run = LayerRun(cell, default_unroll() if unroll_steps is None else unroll_steps,
+                   remat_chunk, reg, masks_key, return_activations,
+                   kernel_configs(kind.kernel_for(**call_options), impl, params, batch, dtype,
+                                  remat_chunk))
+    engine = ENGINES[impl]
+
+    out = jnp.swapaxes(x, 0, 1) if batch_first else x  # (batch, T, I) -> (T, batch, I)
+    finals, activations = [], []
     for l, layer in enumerate(params):
-        ys, layer_activations = [], []
-        for d, p in enumerate(layer):
-            carry = None
-            if initial_state is not None:
-                carry = jax.tree.map(lambda s: s[l * num_dirs + d].astype(carry_dtype(p)),
-                                     tuple(initial_state) if pair else initial_state)
-            run = _direction_unroll(impl, reg, masks_key, l * num_dirs + d,
-                                    return_activations)
-            carry, y = run(cell, p, out, carry, seq_lengths=seq_lengths, reverse=d == 1,
-                           unroll=unroll_steps, time_major=not batch_first)
-            if return_activations:  # y is the dict of every gate and state
-                layer_activations.append(y)
-                y = y["h"]
-            finals.append(carry)
-            ys.append(y)
-        activations.append(tuple(layer_activations))
-        out = jnp.concatenate(ys, axis=-1)  # (batch, time, D*H)
-        if dropout > 0 and l < sizes.num_layers - 1:
+        state_dtype = carry_dtype(layer[0])
+        if initial_state is None:
+            carry = cell.initial_carry((num_dirs, batch), state_dtype)
+        else:  # leaves (L*D, batch, H) -> (D, batch, H)
+            carry = jax.tree.map(lambda s: s[l * num_dirs:(l + 1) * num_dirs].astype(
+                state_dtype), tuple(initial_state) if kind.pair else initial_state)
+        out, carry, layer_activations = engine(run, l, layer, out, carry, seq_lengths)
+        finals.append(carry)
+        activations.append(layer_activations)
+        if dropout > 0 and l < len(params) - 1:  # the mask is drawn batch-first
             key, sub = jax.random.split(key)
-            keep = jax.random.bernoulli(sub, 1 - dropout, out.shape)
-            out = jnp.where(keep, out / (1 - dropout), 0)
+            keep = jax.random.bernoulli(sub, 1 - dropout, (batch, time, out.shape[-1]))
+            out = jnp.where(jnp.swapaxes(keep, 0, 1), out / (1 - dropout), 0)
+    state = jax.tree.map(lambda *c: jnp.concatenate(c), *finals)  # each (L*D, batch, H)
+    if batch_first:  # (T, batch, ...) -> (batch, T, ...)
+        out, activations = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), (out, activations))
     if dtype is not None:
         out = out.astype(dtype)
-    state = jax.tree.map(lambda *c: jnp.stack(c), *finals)  # each (L*D, batch, H)
     if return_activations:
         return out, state, tuple(activations)
     return out, state
 
 
-def _needs_scan(reg: Regularization | None, return_activations: bool) -> bool:
-    """Whether ``reg`` changes the step or per-step activations are asked for: what only
-    the scan of :func:`recurrent.regularize.regularized_unroll` runs."""
-    return return_activations or (reg is not None and reg.changes_step)
+def _check_initial_state(fn: str, kind: Kind, initial_state, sizes, batch: int) -> None:
+    """``initial_state`` (broadcast over the batch) is ``None`` or shaped as the stack's
+    state: one array, or a pair ``(h_0, c_0)`` for a kind whose carry is a pair."""
+    if initial_state is None:
+        return
+    state_shape = (sizes.num_layers * sizes.num_directions, batch, sizes.hidden_size)
+    if not kind.pair:
+        checks.check_state(fn, "initial_state", initial_state, state_shape)
+        return
+    if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 2:
+        raise TypeError(f"{fn}: initial_state must be a pair (h_0, c_0); got "
+                        f"{type(initial_state).__name__}")
+    projected = sizes.output_size != sizes.hidden_size
+    checks.check_state(fn, "initial_state[0] (h_0)", initial_state[0],
+                       (*state_shape[:2], sizes.output_size),
+                       "proj_size" if projected else "hidden_size")
+    checks.check_state(fn, "initial_state[1] (c_0)", initial_state[1], state_shape)
 
 
-def _scan_impl(fn: str, impl: str, reg: Regularization | None, return_activations: bool):
-    """``impl``, or ``"reference"`` (the scan) where :func:`_needs_scan`: the fast path
-    runs only the plain cell."""
-    if not _needs_scan(reg, return_activations):
-        return impl
-    if impl not in ("auto", "fast", "reference"):
-        raise ValueError(f"{fn}: input_dropout, recurrent_dropout, zoneout and "
-                         f"return_activations run in the scan (impl='reference'); "
-                         f"impl={impl!r} cannot run them")
-    return "reference"
-
-
-def _direction_unroll(impl: str, reg: Regularization | None, masks_key, index: int,
-                      return_activations: bool):
-    """What runs layer and direction ``index`` (``layer * num_directions + direction``):
-    ``impl``'s unroll, or the scan with ``reg``'s masks drawn from
-    ``fold_in(masks_key, index)``."""
-    if not _needs_scan(reg, return_activations):
-        return _UNROLLS[impl]
-    key = None if masks_key is None else jax.random.fold_in(masks_key, index)
-    return partial(regularized_unroll, reg=reg or Regularization(), key=key,
-                   return_activations=return_activations)
+def _engine(fn: str, impl: str, cell: Cell, reg: Regularization | None,
+            return_activations: bool, empty: bool) -> str:
+    """The key of :data:`recurrent.engines.ENGINES` that runs ``impl``: "regularized" (the
+    scan) where ``reg`` changes the step or per-step activations are asked for, which only
+    it runs; "reference" for empty inputs (one path whatever the impl) and for the fast
+    impls of a cell without ``recurrence``; else ``impl``."""
+    if return_activations or (reg is not None and reg.changes_step):
+        if impl not in ("auto", "fast", "reference"):
+            raise ValueError(f"{fn}: input_dropout, recurrent_dropout, zoneout and "
+                             f"return_activations run in the scan (impl='reference'); "
+                             f"impl={impl!r} cannot run them")
+        return "regularized"
+    if empty or (impl in ("auto", "fast", "pallas") and cell.recurrence is None):
+        return "reference"
+    return impl
 
 
 def zero_state(params, pair: bool):
-    """Zeros of a state without its batch axis, for a learnable initial state: ``h_0``
-    ``(num_layers * num_directions, w_hh.shape[1])``, and with ``pair`` (LSTM) ``(h_0,
-    c_0)``, ``c_0`` ``(num_layers * num_directions, w_hh.shape[0] // 4)``; the carry's
-    dtype. The layers broadcast it over the batch."""
+    """Zeros of a state without its batch axis, for a learnable initial state: the cell's
+    zero carry for a batch of ``num_layers * num_directions`` rows, in the carry's dtype:
+    ``h_0`` ``(num_layers * num_directions, output_size)``, and with ``pair`` (LSTM) ``(h_0,
+    c_0)``, ``c_0`` ``(num_layers * num_directions, hidden_size)``. The layers broadcast it
+    over the batch."""
     p = params[0][0]
+    kind = of_params(p)
+    if pair != kind.pair:
+        raise ValueError(f"zero_state: pair={pair} but the state of a {kind.name} stack "
+                         f"is {'(h, c)' if kind.pair else 'h'}")
     rows = len(params) * len(params[0])  # num_layers * num_directions
-    h = jnp.zeros((rows, p.w_hh.shape[1]), carry_dtype(p))
-    return (h, jnp.zeros((rows, p.w_hh.shape[0] // 4), h.dtype)) if pair else h
+    return kind.cell_for(p).initial_carry((rows,), carry_dtype(p))
 
 
 def _broadcast_state(initial_state, batch: int):
@@ -241,171 +196,6 @@ def _broadcast_state(initial_state, batch: int):
     return None if initial_state is None else widen(initial_state)
 
 
-def _kernel_configs(kernel, impl, params, batch, dtype, remat_chunk):
-    """Each layer's GPU kernel configuration by :func:`recurrent.kernels.layer.configure`
-    (``None``: the XLA path). The kernels, and Pallas, are imported only where they may
-    run: for ``impl="pallas"``, and for ``"auto"`` in a process whose devices are GPUs."""
-    if impl == "fast" or (impl == "auto" and jax.default_backend() != "gpu"):
-        return [None] * len(params)
-    from recurrent.kernels import layer as kernel_layer
-
-    return [kernel_layer.configure(kernel, impl, layer, batch, dtype, remat_chunk)
-            for layer in params]
-
-
-def _run_fast(cell, params, x, seq_lengths, initial_state, dropout, key, batch_first,
-              unroll_steps, remat_chunk, pair, num_dirs, configs, impl):
-    """The stack by :func:`recurrent.fast.run_layer`, or by the GPU kernels' run_layer
-    where a layer's ``configs`` entry is not ``None``, time-major from the first layer to
-    the last; returns ``(y, state)`` as the reference loop of :func:`_run_stack` does.
-
-    ``impl="auto"`` chose the kernel from the process' device, but the program may be
-    lowered for another platform (``jax.export(..., platforms=("tpu",))`` on a GPU
-    machine): there the kernel runs only where it is lowered for CUDA, the XLA path
-    elsewhere (``lax.platform_dependent``, decided at lowering; XLA never sees a branch)."""
-    out = jnp.swapaxes(x, 0, 1) if batch_first else x  # (batch, T, I) -> (T, batch, I)
-    time, batch = out.shape[:2]
-    finals = []
-    for l, layer in enumerate(params):
-        if initial_state is None:
-            carry = cell.initial_carry((num_dirs, batch), carry_dtype(layer[0]))
-        else:  # leaves (L*D, batch, H) -> (D, batch, H)
-            carry = jax.tree.map(lambda s: s[l * num_dirs:(l + 1) * num_dirs].astype(
-                carry_dtype(layer[0])), tuple(initial_state) if pair else initial_state)
-        xla = partial(fast.run_layer, cell, layer, unroll=unroll_steps,
-                      remat_chunk=remat_chunk)
-        if configs[l] is None:
-            out, carry = xla(out, carry, seq_lengths)  # (T, batch, D*H)
-        else:
-            from recurrent.kernels import layer as kernel_layer
-
-            kernel = partial(kernel_layer.run_layer, cell, configs[l], layer)
-            if impl == "auto":
-                out, carry = jax.lax.platform_dependent(out, carry, seq_lengths, cuda=kernel,
-                                                        default=xla)
-            else:
-                out, carry = kernel(out, carry, seq_lengths)
-        finals.append(carry)
-        if dropout > 0 and l < len(params) - 1:  # the reference's mask, drawn batch-first
-            key, sub = jax.random.split(key)
-            keep = jax.random.bernoulli(sub, 1 - dropout, (batch, time, out.shape[-1]))
-            out = jnp.where(jnp.swapaxes(keep, 0, 1), out / (1 - dropout), 0)
-    state = jax.tree.map(lambda *c: jnp.concatenate(c), *finals)  # each (L*D, batch, H)
-    return (jnp.swapaxes(out, 0, 1) if batch_first else out), state  # (batch, T, D*H)
-
-
-_LAYER_DOC = """
-    Args:
-      params: from ``init_{fn}`` or ``interop.{fn}_from_torch``.
-      x: ``(batch, time, input_size)``, or ``(time, batch, input_size)`` when
-        ``batch_first=False``.
-      seq_lengths: ``(batch,)`` integer valid lengths (right padding), like a packed
-        sequence in torch: outputs past a length are zero, the final state is the state at
-        the last valid step, and the backward direction starts at each sequence's own last
-        valid step. Clipped to ``[0, time]`` at run time (in any integer dtype, without
-        wrapping). Padded steps are zeroed before anything reads them, so their values,
-        NaN or inf included, change no output or gradient. ``None``: all steps are valid.
-      initial_state: {state_in}; zeros when ``None``. Arrays of shape ``(num_layers *
-        num_directions, hidden_size)`` or ``(num_layers * num_directions, 1,
-        hidden_size)`` are one state for every sequence, broadcast over the batch: pass
-        such an array from your params to learn the initial state.
-      dropout: probability in ``[0, 1)`` of zeroing an output of every layer but the
-        last (as torch); needs ``key``. Pass 0 at inference.
-      key: PRNG key for dropout.
-      batch_first: whether ``x`` and ``y`` put batch first.
-      dtype: dtype of the matmuls (``jnp.bfloat16`` or ``None`` for the params' dtype);
-        they accumulate in float32, the state stays float32 and ``y`` is cast to ``dtype``.
-      unroll: scan steps per loop iteration (``jax.lax.scan``'s ``unroll``; the fast path
-        runs the largest divisor of ``time`` not above it); ``None``:
-        :func:`default_unroll` (8 on a GPU, 1 elsewhere).
-      impl: {impl_doc}
-      remat_chunk: with ``impl="fast"`` (and ``"auto"``, which then takes the XLA path),
-        rematerialise the scan in chunks of this many steps: training memory then grows
-        with ``time`` only through the layer's inputs and outputs, at the cost of running
-        the forward pass twice. ``None``: store every step. Ignored by the other
-        ``impl`` s.{options_doc}
-
-    Returns:
-      ``(y, {state_out})``: ``y`` is ``(batch, time, num_directions * hidden_size)``
-      (``[forward, backward]`` on the last axis); {state_desc} ``(num_layers *
-      num_directions, batch, hidden_size)``, index ``layer * num_directions + direction``.
-{returns_doc}"""
-
-
-_NONLINEAR_IMPL_DOC = """``"auto"`` (the default: ``"pallas"`` where
-        :func:`recurrent.kernels.layer.configure` finds it faster, which is only on a
-        lone CUDA GPU, else ``"fast"``), ``"fast"`` (both directions in one XLA scan with
-        a hand-written VJP, see :mod:`recurrent.fast`), ``"pallas"`` (the persistent GPU
-        kernel of :mod:`recurrent.kernels` for the plain LSTM and the GRU; in interpret
-        mode, slowly, off GPU; ``ValueError`` where the sizes do not fit), ``"reference"``
-        (one :func:`recurrent.unroll.unroll` per layer and direction, differentiated by
-        JAX), or ``"deer"`` / ``"quasi_deer"``: every step at once by Newton iterations over
-        associative scans with the full / diagonal Jacobian
-        (:func:`recurrent.deer.deer_unroll`), which fall back to the scan when they do not
-        converge and pay off only on parallel hardware. All agree to float32 rounding (DEER
-        to its tolerance, 1e-5)."""
-_LINEAR_IMPL_DOC = """``"parallel"`` (the log-space associative scan of
-        :func:`recurrent.minimal.parallel_unroll`) or ``"reference"`` (the sequential
-        scan over ``step``). They agree to float32 rounding."""
-_H_STATE = ("``h_0`` of shape ``(num_layers * num_directions, batch, hidden_size)``", "h_n",
-            "``h_n`` is")
-
-
-_OPTIONS_DOC = """
-      input_dropout: variational dropout (Gal & Ghahramani 2016) of every layer's input:
-        the probability in ``[0, 1)`` of zeroing a feature, with one mask per sequence,
-        layer and direction reused at every step; kept features are scaled by ``1 / (1 -
-        input_dropout)``. Needs ``key``.
-      recurrent_dropout: the same on the hidden state fed to the recurrent matmuls
-        (``h @ w_hh.T``); the carried state and ``y`` are not dropped.
-      hidden_zoneout: zoneout (Krueger et al. 2017): the probability that a unit of ``h``
-        keeps its previous value at a step, drawn per step and unit. Needs ``key``.{cell_zoneout}
-      deterministic: a Python bool; evaluation: no dropout of any kind (``dropout``
-        included) and each zoneout by its expectation, ``h = p * h_prev + (1 - p) *
-        h_new``; no ``key`` needed.
-      return_activations: also return every gate and state at every step."""
-_OPTIONS_NOTE = """
-    Note:
-      A positive zoneout, a positive dropout in training, or ``return_activations`` runs
-      the scan of ``impl="reference"``, also when ``impl="auto"`` (the default) or
-      ``"fast"`` is asked for; ``"pallas"`` and the DEER impls refuse them. Otherwise
-      ``impl`` runs as without them. Layer ``l``, direction ``d`` draws its masks by
-      :func:`recurrent.regularize.draw_masks` from ``fold_in(split(key)[1], l *
-      num_directions + d)``; ``dropout`` then uses ``split(key)[0]``. A learnable initial
-      state: see ``initial_state``."""
-_CELL_ZONEOUT_DOC = """
-      cell_zoneout: zoneout of the cell state ``c``, as ``hidden_zoneout`` (the new ``h``
-        is computed from the new ``c`` before either is zoned out)."""
-_ACTIVATIONS_DOC = """\
-      With ``return_activations``, a third element ``activations[layer][direction]``: a
-      dict of ``(batch, time, hidden_size)`` arrays (``(time, batch, hidden_size)`` unless
-      ``batch_first``), {keys}: the gates after their nonlinearity and the new state at
-      every step (the zoned-out state under zoneout), zero past ``seq_lengths`` and indexed
-      by input position in both directions (the backward direction's final state is at
-      its ``t = 0``).
-"""
-
-
-def _document(fn_name: str, state_in: str, state_out: str, state_desc: str,
-              impl_doc: str = _NONLINEAR_IMPL_DOC,
-              activations: str | None = None) -> Callable[[_F], _F]:
-    """Appends the shared Args and Returns; ``activations`` names the keys of
-    ``return_activations`` for the layers with the scan's options."""
-    options_doc = returns_doc = ""
-    if activations is not None:
-        cell_zoneout = _CELL_ZONEOUT_DOC if fn_name == "lstm" else ""
-        options_doc = _OPTIONS_DOC.format(cell_zoneout=cell_zoneout)
-        returns_doc = _ACTIVATIONS_DOC.format(keys=activations) + _OPTIONS_NOTE
-
-    def wrap(f: _F) -> _F:
-        f.__doc__ = (f.__doc__ or "") + _LAYER_DOC.format(
-            fn=fn_name, state_in=state_in, state_out=state_out, state_desc=state_desc,
-            impl_doc=impl_doc, options_doc=options_doc, returns_doc=returns_doc)
-        return f
-
-    return wrap
-
-
 def init_lstm(key: jax.Array, input_size: int, hidden_size: int, num_layers: int = 1,
               bidirectional: bool = False, **cell_options: Any) -> Params:
     """Params of a stacked (bidirectional) LSTM, initialised as ``torch.nn.LSTM``.
@@ -416,8 +206,8 @@ def init_lstm(key: jax.Array, input_size: int, hidden_size: int, num_layers: int
     num_layers``; layer 0 reads ``input_size`` features, later layers ``num_directions *
     hidden_size`` (``num_directions * proj_size`` with a projection, as torch).
     """
-    return _init_stack("lstm", lambda: lstm_cell(hidden_size, **cell_options), key, input_size,
-                       hidden_size, num_layers, bidirectional, cell_options.get("proj_size"))
+    return _init_stack(KINDS["lstm"], key, input_size, hidden_size, num_layers, bidirectional,
+                       cell_options)
 
 
 def init_gru(key: jax.Array, input_size: int, hidden_size: int, num_layers: int = 1,
@@ -428,8 +218,8 @@ def init_gru(key: jax.Array, input_size: int, hidden_size: int, num_layers: int 
     params are the same for both GRU forms; choose the form with ``gru(...,
     reset_after=...)``.
     """
-    return _init_stack("gru", lambda: gru_cell(hidden_size, **cell_options), key, input_size,
-                       hidden_size, num_layers, bidirectional)
+    return _init_stack(KINDS["gru"], key, input_size, hidden_size, num_layers, bidirectional,
+                       cell_options)
 
 
 def init_rnn(key: jax.Array, input_size: int, hidden_size: int, num_layers: int = 1,
@@ -439,8 +229,8 @@ def init_rnn(key: jax.Array, input_size: int, hidden_size: int, num_layers: int 
     ``cell_options`` go to :func:`recurrent.cells.rnn_cell` (its ``nonlinearity`` does not
     change the params; choose it with ``rnn(..., nonlinearity=...)``).
     """
-    return _init_stack("rnn", lambda: rnn_cell(hidden_size, **cell_options), key, input_size,
-                       hidden_size, num_layers, bidirectional)
+    return _init_stack(KINDS["rnn"], key, input_size, hidden_size, num_layers, bidirectional,
+                       cell_options)
 
 
 @overload
@@ -465,7 +255,7 @@ def lstm(params: Params, x: jax.Array, seq_lengths: jax.Array | None = ...,
          return_activations: Literal[True]) -> tuple[jax.Array, LSTMState, Activations]: ...
 
 
-@_document("lstm", "a pair ``(h_0, c_0)``, each ``(num_layers * num_directions, batch, "
+@document("lstm", "a pair ``(h_0, c_0)``, each ``(num_layers * num_directions, batch, "
            "hidden_size)``", "(h_n, c_n)", "``h_n`` and ``c_n`` are each",
            activations="``i, f, g, o, c, h``")
 def lstm(params: Params, x: jax.Array, seq_lengths: jax.Array | None = None,
@@ -493,9 +283,8 @@ def lstm(params: Params, x: jax.Array, seq_lengths: jax.Array | None = None,
     num_directions * P)`` and ``h_0``, ``h_n`` are ``(num_layers * num_directions, batch,
     P)``; ``c_0``, ``c_n`` stay ``hidden_size`` wide.
     """
-    return _run_stack("lstm", lambda h, **o: lstm_cell(h, dtype=dtype, **o), params, x,
-                      seq_lengths, initial_state, dropout, key, batch_first, unroll, dtype,
-                      impl, remat_chunk, kernel="lstm", options_of=lstm_options,
+    return _run_stack(KINDS["lstm"], {}, params, x, seq_lengths, initial_state, dropout, key,
+                      batch_first, unroll, dtype, impl, remat_chunk,
                       reg=Regularization(input_dropout, recurrent_dropout, hidden_zoneout,
                                          cell_zoneout, deterministic),
                       return_activations=return_activations)
@@ -521,7 +310,7 @@ def gru(params: Params, x: jax.Array, seq_lengths: jax.Array | None = ...,
         return_activations: Literal[True]) -> tuple[jax.Array, jax.Array, Activations]: ...
 
 
-@_document("gru", *_H_STATE, activations="``r, z, n, h``")
+@document("gru", *H_STATE, activations="``r, z, n, h``")
 def gru(params: Params, x: jax.Array, seq_lengths: jax.Array | None = None,
         initial_state: jax.Array | None = None, dropout: float = 0.0, key: jax.Array | None = None,
         batch_first: bool = True, *,
@@ -545,11 +334,9 @@ def gru(params: Params, x: jax.Array, seq_lengths: jax.Array | None = None,
 
     ``layer_norm`` (:func:`recurrent.cells.gru_cell`) is read off the params.
     """
-    return _run_stack("gru", lambda h, **o: gru_cell(h, reset_after=reset_after, dtype=dtype,
-                                                     **o),
-                      params, x, seq_lengths, initial_state, dropout, key, batch_first,
-                      unroll, dtype, impl, remat_chunk, kernel="gru" if reset_after else None,
-                      options_of=gru_options,
+    return _run_stack(KINDS["gru"], dict(reset_after=reset_after), params, x, seq_lengths,
+                      initial_state, dropout, key, batch_first, unroll, dtype, impl,
+                      remat_chunk,
                       reg=Regularization(input_dropout, recurrent_dropout, hidden_zoneout,
                                          deterministic=deterministic),
                       return_activations=return_activations)
@@ -575,7 +362,7 @@ def rnn(params: Params, x: jax.Array, seq_lengths: jax.Array | None = ...,
         return_activations: Literal[True]) -> tuple[jax.Array, jax.Array, Activations]: ...
 
 
-@_document("rnn", *_H_STATE, activations="``h``")
+@document("rnn", *H_STATE, activations="``h``")
 def rnn(params: Params, x: jax.Array, seq_lengths: jax.Array | None = None,
         initial_state: jax.Array | None = None, dropout: float = 0.0, key: jax.Array | None = None,
         batch_first: bool = True, *,
@@ -590,9 +377,9 @@ def rnn(params: Params, x: jax.Array, seq_lengths: jax.Array | None = None,
             h = tanh(x[:, t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh)   # or relu
             y[:, t] = h
     """
-    return _run_stack("rnn", lambda h: rnn_cell(h, nonlinearity=nonlinearity, dtype=dtype),
-                      params, x, seq_lengths, initial_state, dropout, key, batch_first,
-                      unroll, dtype, impl, remat_chunk,
+    return _run_stack(KINDS["rnn"], dict(nonlinearity=nonlinearity), params, x, seq_lengths,
+                      initial_state, dropout, key, batch_first, unroll, dtype, impl,
+                      remat_chunk,
                       reg=Regularization(input_dropout, recurrent_dropout, hidden_zoneout,
                                          deterministic=deterministic),
                       return_activations=return_activations)
@@ -603,19 +390,19 @@ def init_mingru(key: jax.Array, input_size: int, hidden_size: int, num_layers: i
     """Params of a stacked (bidirectional) minGRU (Feng et al. 2024): a tuple per layer of
     ``MinGRUParams(w_ih (2H, I), b_ih (2H,))`` per direction. ``cell_options`` go to
     :func:`recurrent.minimal.mingru_cell`."""
-    return _init_stack("mingru", lambda: mingru_cell(hidden_size, **cell_options), key, input_size,
-                       hidden_size, num_layers, bidirectional)
+    return _init_stack(KINDS["mingru"], key, input_size, hidden_size, num_layers, bidirectional,
+                       cell_options)
 
 
 def init_minlstm(key: jax.Array, input_size: int, hidden_size: int, num_layers: int = 1,
                  bidirectional: bool = False, **cell_options: Any) -> Params:
     """Params of a stacked (bidirectional) minLSTM (Feng et al. 2024): a tuple per layer of
     ``MinLSTMParams(w_ih (3H, I), b_ih (3H,))`` per direction."""
-    return _init_stack("minlstm", lambda: minlstm_cell(hidden_size, **cell_options), key,
-                       input_size, hidden_size, num_layers, bidirectional)
+    return _init_stack(KINDS["minlstm"], key, input_size, hidden_size, num_layers,
+                       bidirectional, cell_options)
 
 
-@_document("mingru", *_H_STATE, impl_doc=_LINEAR_IMPL_DOC)
+@document("mingru", *H_STATE, impl_doc=LINEAR_IMPL_DOC)
 def mingru(params: Params, x: jax.Array, seq_lengths: jax.Array | None = None,
            initial_state: jax.Array | None = None, dropout: float = 0.0,
            key: jax.Array | None = None, batch_first: bool = True, *,
@@ -630,12 +417,11 @@ def mingru(params: Params, x: jax.Array, seq_lengths: jax.Array | None = None,
             h = (1 - z) * h + z * g(k_h)      # g(v) = v + 0.5 if v >= 0 else sigmoid(v)
             y[:, t] = h
     """
-    return _run_stack("mingru", lambda h: mingru_cell(h, dtype=dtype), params, x, seq_lengths,
-                      initial_state, dropout, key, batch_first, unroll, dtype, impl, None,
-                      impls=_LINEAR_IMPLS)
+    return _run_stack(KINDS["mingru"], {}, params, x, seq_lengths, initial_state, dropout,
+                      key, batch_first, unroll, dtype, impl, None)
 
 
-@_document("minlstm", *_H_STATE, impl_doc=_LINEAR_IMPL_DOC)
+@document("minlstm", *H_STATE, impl_doc=LINEAR_IMPL_DOC)
 def minlstm(params: Params, x: jax.Array, seq_lengths: jax.Array | None = None,
             initial_state: jax.Array | None = None, dropout: float = 0.0,
             key: jax.Array | None = None, batch_first: bool = True, *,
@@ -650,11 +436,13 @@ def minlstm(params: Params, x: jax.Array, seq_lengths: jax.Array | None = None,
             h = f / (f + i) * h + i / (f + i) * g(k_h)
             y[:, t] = h
     """
-    return _run_stack("minlstm", lambda h: minlstm_cell(h, dtype=dtype), params, x,
-                      seq_lengths, initial_state, dropout, key, batch_first, unroll, dtype,
-                      impl, None, impls=_LINEAR_IMPLS)
+    return _run_stack(KINDS["minlstm"], {}, params, x, seq_lengths, initial_state, dropout,
+                      key, batch_first, unroll, dtype, impl, None)
+
+#: ``(init, layer)`` of every kind of :data:`recurrent.kinds.KINDS`, by its name.
+LAYERS = {name: (globals()[f"init_{name}"], globals()[name]) for name in KINDS}
 
 __all__ = [
-    "CellParams", "Params", "gru", "init_gru", "init_lstm", "init_mingru", "init_minlstm",
+    "CellParams", "LAYERS", "Params", "gru", "init_gru", "init_lstm", "init_mingru", "init_minlstm",
     "init_rnn", "lstm", "mingru", "minlstm", "rnn",
 ]

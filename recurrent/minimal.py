@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from recurrent import checks
-from recurrent.cells import Cell, _cell_from, _project, _zeros_carry, uniform_init
+from recurrent.cells import Cell, cell_from, project_input, uniform_init, zeros_carry
 from recurrent.framing import reverse_index
 from recurrent.unroll import project_time_major, scan_unroll
 
@@ -85,12 +85,13 @@ def _minimal_cell(params_type, gates, log_coeffs, recurrence, hidden_size, bias,
         return params_type(w_ih, b_ih)
 
     def project(params, x):
-        return _project(params, x, dtype, fold_b_hh=False)  # (..., gates*H)
+        return project_input(params, x, dtype, fold_b_hh=False)  # (..., gates*H)
 
-    activations, step = _cell_from(recurrence, ("h",), dtype, params_type,
-                                   _zeros_carry(hidden_size, pair=False))
-    return Cell(init, project, step, _zeros_carry(hidden_size, pair=False), activations,
-                params_type, gates, dtype=dtype, log_coeffs=log_coeffs)
+    initial_carry = zeros_carry(hidden_size, pair=False)
+    activations, step = cell_from(recurrence, ("h",), dtype, params_type, initial_carry)
+    return Cell(init=init, project=project, step=step, initial_carry=initial_carry,
+                activations=activations, params_type=params_type, gates=gates, dtype=dtype,
+                log_coeffs=log_coeffs)
 
 
 # The recurrences below have no recurrent weights: ``matmul`` and ``act`` go unused.

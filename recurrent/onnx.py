@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import jax
 import numpy as np
 
 from recurrent import checks
-from recurrent.cells import GRUParams, LSTMParams, RNNParams, gru_options, lstm_options
+from recurrent.kinds import KINDS, Kind
 from recurrent.layers import Params
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,21 +39,8 @@ OPSET = 17  # LSTM, GRU and RNN resolve to their version 14
 IR_VERSION = 8  # the IR of onnx 1.12, which introduced opset 17
 
 
-class _Kind(NamedTuple):
-    """What the export needs to know of a cell kind."""
-
-    op: str  # the ONNX operator
-    params_type: type
-    gates: int
-    order: tuple  # torch's gate blocks, in ONNX's gate order
-    pair: bool  # whether the state is (h, c)
-
-
-_KINDS = {
-    "lstm": _Kind("LSTM", LSTMParams, 4, (0, 3, 1, 2), True),  # torch i f g o -> ONNX i o f c
-    "gru": _Kind("GRU", GRUParams, 3, (1, 0, 2), False),  # torch r z n -> ONNX z r h
-    "rnn": _Kind("RNN", RNNParams, 1, (0,), False),
-}
+# Cell options ONNX's operators have no input for
+_REFUSED_OPTIONS = ("proj_size", "layer_norm")
 
 
 def _require_onnx():
@@ -66,13 +53,13 @@ def _require_onnx():
     return onnx
 
 
-def _refuse_options(fn: str, kind: str, params) -> None:
+def _refuse_options(fn: str, kind: Kind, params) -> None:
     """``ValueError`` for cell options ONNX's operators have no input for."""
-    options = {"lstm": lstm_options, "gru": gru_options}.get(kind, lambda p: {})(params[0][0])
-    refused = [name for name in ("proj_size", "layer_norm") if options.get(name)]
+    options = kind.param_options(params[0][0])
+    refused = [name for name in _REFUSED_OPTIONS if options.get(name)]
     if refused:
         raise ValueError(f"{fn}: the params have the cell option(s) {', '.join(refused)} "
-                         f"(read off their fields), which ONNX's {_KINDS[kind].op} operator "
+                         f"(read off their fields), which ONNX's {kind.onnx} operator "
                          f"cannot express; export params without them")
 
 
@@ -87,10 +74,10 @@ def _gate_blocks(a, order: tuple, hidden: int) -> np.ndarray:
     return np.concatenate([a[g * hidden:(g + 1) * hidden] for g in order])
 
 
-def _layer_weights(kind: _Kind, layer, hidden: int) -> dict:
+def _layer_weights(kind: Kind, layer, hidden: int) -> dict:
     """ONNX's ``W (D, G*H, in)``, ``R (D, G*H, H)``, ``B (D, 2*G*H)`` (``None`` without
     bias) and, for peephole LSTMs, ``P (D, 3H)`` (i, o, f) of one layer."""
-    blocks = lambda a: _gate_blocks(a, kind.order, hidden)  # noqa: E731
+    blocks = lambda a: _gate_blocks(a, kind.onnx_gate_order, hidden)  # noqa: E731
     out = {"W": np.stack([blocks(p.w_ih) for p in layer]),
            "R": np.stack([blocks(p.w_hh) for p in layer]), "B": None, "P": None}
     if layer[0].b_ih is not None:
@@ -101,9 +88,9 @@ def _layer_weights(kind: _Kind, layer, hidden: int) -> dict:
     return out
 
 
-def _layer_nodes(helper, numpy_helper, kind: _Kind, l: int, layer, hidden: int,
+def _layer_nodes(helper, numpy_helper, kind: Kind, l: int, layer, hidden: int,
                  layer_in: str, state_names: tuple, initial_state: bool, attributes: dict):
-    """The nodes and initializers of layer ``l``: its ``kind.op`` node reading ``layer_in``
+    """The nodes and initializers of layer ``l``: its ``kind.onnx`` node reading ``layer_in``
     ``(time, batch, in)``, then ``out_l{l}`` ``(time, batch, D*H)`` and the final states
     ``{s}_n_l{l}`` ``(D, batch, H)``."""
     names, initializers = {}, []
@@ -117,8 +104,8 @@ def _layer_nodes(helper, numpy_helper, kind: _Kind, l: int, layer, hidden: int,
     if "P" in names:  # P is the 8th input: X, W, R, B, sequence_lens, initial_h, initial_c, P
         inputs += [""] * (7 - len(inputs)) + [names["P"]]
     nodes = [
-        helper.make_node(kind.op, inputs, [f"Y_l{l}"] + [f"{s}_n_l{l}" for s in state_names],
-                         name=f"{kind.op}_l{l}", hidden_size=hidden,
+        helper.make_node(kind.onnx, inputs, [f"Y_l{l}"] + [f"{s}_n_l{l}" for s in state_names],
+                         name=f"{kind.onnx}_l{l}", hidden_size=hidden,
                          direction="bidirectional" if len(layer) == 2 else "forward",
                          **attributes),
         # Y (time, D, batch, H) -> (time, batch, D, H) -> (time, batch, D*H)
@@ -149,14 +136,14 @@ def _export(fn: str, kind_name: str, params, initial_state: bool, path,
             attributes: Callable[[int], dict]):
     """The model of a ``kind_name`` stack, whose node takes ``attributes(num_directions)``
     besides ``hidden_size`` and ``direction``; see :func:`lstm_to_onnx`."""
-    kind = _KINDS[kind_name]
-    sizes = checks.check_stack(fn, params, kind.params_type, kind.gates)
+    kind = KINDS[kind_name]
+    sizes = checks.check_stack(fn, params, kind)
     checks.check_flag(fn, "initial_state", initial_state)
-    _refuse_options(fn, kind_name, params)
+    _refuse_options(fn, kind, params)
     onnx = _require_onnx()
     helper, numpy_helper, FLOAT = onnx.helper, onnx.numpy_helper, onnx.TensorProto.FLOAT
     L, D, H = sizes.num_layers, sizes.num_directions, sizes.hidden_size
-    state_names = ("h", "c") if kind.pair else ("h",)
+    state_names = kind.state_names
 
     inputs = [helper.make_tensor_value_info("x", FLOAT, ["batch", "time", sizes.input_size]),
               helper.make_tensor_value_info("seq_lengths", onnx.TensorProto.INT32, ["batch"])]

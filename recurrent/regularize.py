@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from recurrent import checks
-from recurrent.cells import Cell, _cell_from
+from recurrent.cells import Cell, cell_from
 from recurrent.unroll import carry_dtype
 from recurrent.unroll import scan_unroll as sequential_unroll
 
@@ -163,7 +163,7 @@ def regularized_cell(cell: Cell, reg: Regularization, recurrent_mask=None,
                 a[k] = jnp.where(flags[k] > 0, previous[k], a[k])
         return a
 
-    activations, step = _cell_from(recurrence, cell.carry_keys, cell.dtype,
+    activations, step = cell_from(recurrence, cell.carry_keys, cell.dtype,
                                    cell.params_type)
     return cell._replace(project=project, step=step, activations=activations,
                          recurrence=None)

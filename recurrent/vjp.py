@@ -30,7 +30,9 @@ LSTM/GRU gate row in the backward loop) comes from a loop-carried copy (see
 
 from __future__ import annotations
 
+import functools
 import itertools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -131,7 +133,35 @@ def _scan(body, carry, buffer, streamed, length, *, fetch, reverse=False, unroll
     return carry, buffer, jax.tree.map(lambda a: a.reshape(length, *a.shape[2:]), ys)
 
 
-def _slices_input(cell: Cell, params, carry, xp_t):
+class Plan(NamedTuple):
+    """What the fast path records and replays for one cell and shape (hashable: a static
+    argument of :func:`_run`); made by :func:`make_plan`.
+
+    Attributes:
+      rows: each recurrent matmul's gate rows ``(start, stop)`` of ``w_hh``, in call order.
+      sources: for each matmul, the index of the carry leaf that is its input ``u`` (read
+        back from the recorded carries), or ``None`` where ``u`` is recorded.
+      widths: each sigmoid/tanh's output width, in call order.
+      packed: how many leading activations fill exactly one ``(G*H)`` row of ``xp`` (they
+        are written over it), or 0.
+      same_as_dxp: for each matmul, whether its output cotangent is ``xp_t``'s (they enter
+        the step as a sum, as in the LSTM): emitted once.
+      fetch: whether the forward step reads ``xp_t`` in slices (at more than one offset),
+        so :func:`_scan` hands it a loop-carried copy.
+      fetch_back: whether the backward step reads a row wider than the state (a block at
+        a time), fetched likewise.
+    """
+
+    rows: tuple[tuple[int | None, int | None], ...]
+    sources: tuple[int | None, ...]
+    widths: tuple[int, ...]
+    packed: int
+    same_as_dxp: tuple[bool, ...]
+    fetch: bool
+    fetch_back: bool
+
+
+def _slices_input(cell: Cell, params, carry, xp_t) -> bool:
     """Whether ``cell.recurrence`` reads ``xp_t`` in slices (at more than one offset)."""
     spec = lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype)  # noqa: E731
     closed = jax.make_jaxpr(cell.activations)(*jax.tree.map(spec, (params, carry, xp_t)))
@@ -163,6 +193,192 @@ def _packed(widths, width):
     return 0
 
 
+def _recording_step(cell: Cell, params, w_t, carry, xp_t, bias, valid_t):
+    """The forward step with its recurrent matmuls and activations recorded: ``(new, y,
+    records, acts, rows)``, ``records`` a ``(u, m)`` per matmul, ``rows`` its gate rows."""
+    records, acts, rows_seen = [], [], []
+
+    def matmul(u, rows):
+        m = _product(u, w_t[:, rows], cell.dtype)  # (batch, rows)
+        records.append((u, m))
+        rows_seen.append(rows)
+        return m
+
+    def act(x, tanh_mask):
+        acts.append(sigmoid_tanh(x, tanh_mask))
+        return acts[-1]
+
+    new, y = _advance(cell, params, carry, xp_t + bias, valid_t, matmul, act)
+    return new, y, records, acts, rows_seen
+
+
+def _replay_step(cell: Cell, replay, w, bias, valid_t, acts_t):
+    """``step(rest, carry, xp_t, ms) -> (new, y)``: the forward step with every matmul's
+    output replayed from ``ms`` and every activation from ``acts_t`` (the backward step's
+    function to differentiate; ``rest`` is the params without ``w_ih``, ``w_hh``)."""
+    def step(rest, carry, xp_t, ms):
+        ms, recorded = iter(ms), iter(acts_t)
+
+        def act(x, tanh_mask):
+            return _replay_act(x, next(recorded), tanh_mask)
+
+        def matmul(u, rows):
+            return replay(u, next(ms), w[rows])
+
+        return _advance(cell, rest._replace(w_hh=w), carry, xp_t + bias, valid_t, matmul, act)
+
+    return step
+
+
+def make_plan(cell: Cell, params, carry, xp_t, valid_t) -> Plan:
+    """The :class:`Plan` of ``cell`` for one step's shapes: ``params``, ``carry`` leaves
+    ``(batch, H)``, ``xp_t (batch, G*H)``, ``valid_t (batch,)`` or ``None`` (arrays or
+    ``jax.ShapeDtypeStruct``), read by tracing the forward step and the backward step's VJP
+    abstractly (``jax.eval_shape``): nothing is computed."""
+    spec = lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype)  # noqa: E731
+    params, carry, xp_t, valid_t = jax.tree.map(spec, (params, carry, xp_t, valid_t))
+    found = {}
+
+    def trace(params, carry, xp_t, valid_t):
+        bias = jnp.zeros(xp_t.shape[-1:], xp_t.dtype)
+        leaves = jax.tree.leaves(carry)
+        _, _, records, acts, rows = _recording_step(cell, params, params.w_hh.T, carry, xp_t,
+                                                    bias, valid_t)
+        found["rows"] = tuple((r.start, r.stop) for r in rows)
+        found["sources"] = tuple(next((i for i, leaf in enumerate(leaves) if leaf is u), None)
+                                 for u, _ in records)
+        found["widths"] = tuple(a.shape[-1] for a in acts)
+        step = _replay_step(cell, _replay(cell.dtype), params.w_hh, bias, valid_t, acts)
+        rest = params._replace(w_ih=None, w_hh=None)
+        out, vjp = jax.vjp(step, rest, carry, xp_t, [m for _, m in records])
+        _, _, dxp_t, dms = vjp(jax.tree.map(jnp.zeros_like, out))
+        found["same_as_dxp"] = tuple(dm is dxp_t for dm in dms)
+        return out
+
+    jax.eval_shape(trace, params, carry, xp_t, valid_t)
+    width = xp_t.shape[-1]
+    return Plan(found["rows"], found["sources"], found["widths"],
+                _packed(found["widths"], width), found["same_as_dxp"],
+                _slices_input(cell, params, carry, xp_t),
+                width > jax.tree.leaves(carry)[0].shape[-1])
+
+
+def _project(cell: Cell, params, x):
+    """``x (K, batch, I) -> (K, batch, G*H)`` by ``cell.project``, without the biases."""
+    linear = cell.project(params._replace(b_ih=None, b_hh=None), x.reshape(-1, x.shape[-1]))
+    return linear.reshape(*x.shape[:2], -1)
+
+
+def _bias(cell: Cell, params, x):
+    """``(G*H,)``: ``project`` is affine, its constant part is ``project(params, 0)``."""
+    return cell.project(params, jnp.zeros(x.shape[-1:], x.dtype))
+
+
+def _forward(cell: Cell, plan: Plan, unroll: int, params, xp, bias, carry, valid, save):
+    """The scan over projected inputs ``xp (time, batch, G*H)``; with ``save``, also the
+    residuals, the packed activations written over ``xp``: ``(carry, buffer, ys)`` with
+    ``ys`` ``y`` or, with ``save``, ``(y, carries, records, acts)``, ``records`` a ``(u or
+    None, m)`` per matmul (``None`` where ``u`` is a carry leaf)."""
+    w_t = params.w_hh.T  # (G*H, H) -> (H, G*H): the product needs no per-step transpose
+
+    def body(carry, xp_t, valid_t):
+        new, y, records, acts, _ = _recording_step(cell, params, w_t, carry, xp_t, bias,
+                                                   valid_t)
+        if not save:
+            return new, None, y
+        records = [(None if source is not None else u, m)
+                   for (u, m), source in zip(records, plan.sources, strict=True)]
+        k = plan.packed
+        row = jnp.concatenate(acts[:k], axis=-1) if k else None  # (batch, G*H)
+        return new, row, (y, carry, records, acts[k:])
+
+    return _scan(body, carry, xp, valid, xp.shape[0], fetch=plan.fetch, unroll=unroll)
+
+
+def _primal(cell: Cell, plan: Plan, unroll: int, chunk: int | None, params, xs, carry, valid):
+    """The layer without residuals; a ``chunk`` of steps projected at a time."""
+    bias = _bias(cell, params, xs)
+    time = xs.shape[0]
+
+    def run_chunk(carry, inputs):
+        x, v = inputs  # (K, batch, I), (K, batch) or None
+        carry, _, ys = _forward(cell, plan, unroll, params, _project(cell, params, x), bias,
+                                carry, v, False)
+        return carry, ys
+
+    if chunk is None or chunk >= time:
+        return run_chunk(carry, (xs, valid))
+    n = time // chunk
+    split = lambda v, a, b: None if v is None else v[a:b]  # noqa: E731
+    whole = lambda v: None if v is None else v.reshape(n, chunk, *v.shape[1:])  # noqa: E731
+    carry, ys = jax.lax.scan(run_chunk, carry,
+                             (whole(xs[:n * chunk]), whole(split(valid, 0, n * chunk))))
+    ys = ys.reshape(n * chunk, *ys.shape[2:])  # (n, K, batch, H) -> (n*K, batch, H)
+    if n * chunk < time:
+        carry, rest = run_chunk(carry, (xs[n * chunk:], split(valid, n * chunk, time)))
+        ys = jnp.concatenate([ys, rest])
+    return carry, ys
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _run(cell: Cell, plan: Plan, unroll: int, chunk: int | None, params, xs, carry, valid):
+    """:func:`_primal`, differentiated by :func:`_run_fwd` and :func:`_run_bwd`."""
+    return _primal(cell, plan, unroll, chunk, params, xs, carry, valid)
+
+
+def _run_fwd(cell: Cell, plan: Plan, unroll: int, chunk: int | None, params, xs, carry,
+             valid):
+    bias = _bias(cell, params, xs)
+    carry, buffer, (ys, carries, records, acts) = _forward(
+        cell, plan, unroll, params, _project(cell, params, xs), bias, carry, valid, True)
+    return (carry, ys), (params, xs, bias, valid, buffer, carries, records, acts)
+
+
+def _run_bwd(cell: Cell, plan: Plan, unroll: int, chunk: int | None, res, cotangents):
+    del chunk
+    params, xs, bias, valid, buffer, carries, records, rest_acts = res
+    d_carry, d_ys = cotangents
+    w = params.w_hh
+    rest = params._replace(w_ih=None, w_hh=None)  # their gradient is summed per step
+    replay = _replay(cell.dtype)
+    bounds = list(itertools.accumulate(plan.widths[:plan.packed]))[:-1]
+
+    def body(state, row_t, inputs):
+        d_carry, d_rest = state
+        carry, valid_t, recs, dy_t, rest_acts_t = inputs
+        # the packed activations are read back from their row; xp_t itself is never
+        # needed: every input to a recorded activation is replaced by its record, and
+        # with nothing packed the row still holds xp_t
+        acts_t = (jnp.split(row_t, bounds, axis=-1) if plan.packed else []) + rest_acts_t
+        step = _replay_step(cell, replay, w, bias, valid_t, acts_t)
+        _, vjp = jax.vjp(step, rest, carry, row_t, [m for _, m in recs])
+        dr, dc, dxp_t, dms = vjp((d_carry, dy_t))
+        return ((dc, jax.tree.map(jnp.add, d_rest, dr)), dxp_t,
+                [None if same else dm for dm, same in zip(dms, plan.same_as_dxp, strict=True)])
+
+    time, batch = buffer.shape[:2]
+    zeros = jax.tree.map(jnp.zeros_like, rest)
+    (d_carry0, d_rest), d_xp, d_ms = _scan(
+        body, (d_carry, zeros), buffer, (carries, valid, records, d_ys, rest_acts), time,
+        fetch=plan.fetch_back, reverse=True, unroll=unroll)
+    d_w = jnp.zeros_like(w)
+    leaves = jax.tree.leaves(carries)
+    for rows, source, (u, _), g, same in zip(plan.rows, plan.sources, records, d_ms,
+                                              plan.same_as_dxp, strict=True):
+        u = (u if source is None else leaves[source]).reshape(time * batch, -1)  # (T*B, H)
+        g = (d_xp if same else g).reshape(time * batch, -1)  # (T*B, rows)
+        # one matmul over all steps; (H, rows) -> (rows, H) transposes the small result
+        d_w = d_w.at[slice(*rows)].add((u.T @ g).T.astype(w.dtype))
+    # the projection's VJP: dW_ih, dx and the biases' gradients, each one pass over d_xp
+    _, project_vjp = jax.vjp(lambda p, x: _project(cell, p, x) + _bias(cell, p, x), params, xs)
+    d_params, d_xs = project_vjp(d_xp)
+    d_loop = d_rest._replace(w_ih=jnp.zeros_like(params.w_ih), w_hh=d_w)
+    return jax.tree.map(jnp.add, d_params, d_loop), d_xs, d_carry0, None
+
+
+_run.defvjp(_run_fwd, _run_bwd)
+
+
 def layer_fn(cell: Cell, unroll: int = 1, chunk: int | None = None):
     """``run(params, xs, carry, valid) -> (carry, ys)``: one direction of a layer.
 
@@ -176,7 +392,8 @@ def layer_fn(cell: Cell, unroll: int = 1, chunk: int | None = None):
     input with the activations the backward pass replays, which then overwrites them with
     their cotangents: one such array serves the whole training step, and no zero-filled
     stack is written for the recorded gates. After the loop, ``dW_ih`` and ``dx`` are one
-    matmul each over all steps.
+    matmul each over all steps. What the passes record is :func:`make_plan`'s, made once
+    per call from the shapes.
 
     Args of ``run``:
       params: the cell's params.
@@ -187,141 +404,13 @@ def layer_fn(cell: Cell, unroll: int = 1, chunk: int | None = None):
 
     Returns ``(carry, ys)`` with ``ys (time, batch, H)``.
     """
-    replay = _replay(cell.dtype)
-    # Read while tracing: each recurrent matmul's ``rows``, and which carry leaf is its
-    # input ``u`` (``None``: ``u`` is recorded); whether its output cotangent is the same
-    # array as ``xp``'s (they enter as a sum, as in the LSTM: emitted once); how many
-    # leading activations are packed into ``xp``'s row.
-    row_slices, u_in_carry, same_as_dxp, packed, widths = [], [], [], [0], []
 
-    def project(params, x):  # (K, batch, I) -> (K, batch, G*H), without the biases
-        linear = cell.project(params._replace(b_ih=None, b_hh=None), x.reshape(-1, x.shape[-1]))
-        return linear.reshape(*x.shape[:2], -1)
-
-    def bias_of(params, x):  # (G*H,): project is affine, its constant part is project(p, 0)
-        return cell.project(params, jnp.zeros(x.shape[-1:], x.dtype))
-
-    def forward(params, xp, bias, carry, valid, save):
-        """The scan over projected inputs ``xp (time, batch, G*H)``; with ``save``, also the
-        residuals, the packed activations written over ``xp``."""
-        w_t = params.w_hh.T  # (G*H, H) -> (H, G*H): the product needs no per-step transpose
-        fetch = _slices_input(cell, params, carry, xp[0])
-
-        def body(carry, xp_t, valid_t):
-            records, acts, rows_seen, sources = [], [], [], []
-            leaves = jax.tree.leaves(carry)
-
-            def matmul(u, rows):
-                m = _product(u, w_t[:, rows], cell.dtype)  # (batch, rows)
-                source = next((i for i, leaf in enumerate(leaves) if leaf is u), None)
-                records.append((None if source is not None else u, m))
-                rows_seen.append(rows)
-                sources.append(source)
-                return m
-
-            def act(x, tanh_mask):
-                acts.append(sigmoid_tanh(x, tanh_mask))
-                return acts[-1]
-
-            new, y = _advance(cell, params, carry, xp_t + bias, valid_t, matmul, act)
-            row_slices[:], u_in_carry[:] = rows_seen, sources
-            if not save:
-                return new, None, y
-            widths[:] = [a.shape[-1] for a in acts]
-            k = packed[0] = _packed(widths, xp_t.shape[-1])
-            row = jnp.concatenate(acts[:k], axis=-1) if k else None  # (batch, G*H)
-            return new, row, (y, carry, records, acts[k:])
-
-        return _scan(body, carry, xp, valid, xp.shape[0], fetch=fetch, unroll=unroll)
-
-    def primal(params, xs, carry, valid):
-        bias = bias_of(params, xs)
-        time = xs.shape[0]
-
-        def run_chunk(carry, inputs):
-            x, v = inputs  # (K, batch, I), (K, batch) or None
-            carry, _, ys = forward(params, project(params, x), bias, carry, v, False)
-            return carry, ys
-
-        if chunk is None or chunk >= time:
-            return run_chunk(carry, (xs, valid))
-        n = time // chunk
-        split = lambda v, a, b: None if v is None else v[a:b]  # noqa: E731
-        whole = lambda v: None if v is None else v.reshape(n, chunk, *v.shape[1:])  # noqa: E731
-        carry, ys = jax.lax.scan(run_chunk, carry,
-                                 (whole(xs[:n * chunk]), whole(split(valid, 0, n * chunk))))
-        ys = ys.reshape(n * chunk, *ys.shape[2:])  # (n, K, batch, H) -> (n*K, batch, H)
-        if n * chunk < time:
-            carry, rest = run_chunk(carry, (xs[n * chunk:], split(valid, n * chunk, time)))
-            ys = jnp.concatenate([ys, rest])
-        return carry, ys
-
-    @jax.custom_vjp
     def run(params, xs, carry, valid):
-        return primal(params, xs, carry, valid)
+        spec = lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype)  # noqa: E731
+        xp = jax.eval_shape(lambda p, x: _project(cell, p, x[:1]) + _bias(cell, p, x),
+                            *jax.tree.map(spec, (params, xs)))  # (1, batch, G*H)
+        plan = make_plan(cell, params, carry, jax.ShapeDtypeStruct(xp.shape[1:], xp.dtype),
+                         None if valid is None else valid[0])
+        return _run(cell, plan, unroll, chunk, params, xs, carry, valid)
 
-    def run_fwd(params, xs, carry, valid):
-        bias = bias_of(params, xs)
-        carry, buffer, (ys, carries, records, acts) = forward(
-            params, project(params, xs), bias, carry, valid, True)
-        return (carry, ys), (params, xs, bias, valid, buffer, carries, records, acts)
-
-    def run_bwd(res, cotangents):
-        params, xs, bias, valid, buffer, carries, records, rest_acts = res
-        d_carry, d_ys = cotangents
-        w = params.w_hh
-        rest = params._replace(w_ih=None, w_hh=None)  # their gradient is summed per step
-        width = buffer.shape[-1]
-
-        def body(state, row_t, inputs):
-            d_carry, d_rest = state
-            carry, valid_t, recs, dy_t, rest_acts_t = inputs
-            # the packed activations are read back from their row; xp_t itself is never
-            # needed: every input to a recorded activation is replaced by its record, and
-            # with nothing packed the row still holds xp_t
-            bounds = list(itertools.accumulate(widths[:packed[0]]))[:-1]
-            acts_t = (jnp.split(row_t, bounds, axis=-1) if packed[0] else []) + rest_acts_t
-            recorded = iter(acts_t)
-
-            def act(x, tanh_mask):
-                return _replay_act(x, next(recorded), tanh_mask)
-
-            def step(rest, carry, xp_t, ms):
-                ms = iter(ms)
-
-                def matmul(u, rows):
-                    return replay(u, next(ms), w[rows])
-
-                return _advance(cell, rest._replace(w_hh=w), carry, xp_t + bias, valid_t,
-                                matmul, act)
-
-            _, vjp = jax.vjp(step, rest, carry, row_t, [m for _, m in recs])
-            dr, dc, dxp_t, dms = vjp((d_carry, dy_t))
-            same_as_dxp[:] = [dm is dxp_t for dm in dms]
-            return ((dc, jax.tree.map(jnp.add, d_rest, dr)), dxp_t,
-                    [None if same else dm for dm, same in zip(dms, same_as_dxp, strict=True)])
-
-        time, batch = buffer.shape[:2]
-        zeros = jax.tree.map(jnp.zeros_like, rest)
-        # a row wider than the state is read a block at a time: fetched, so the loops
-        # vectorise
-        fetch = width > jax.tree.leaves(carries)[0].shape[-1]
-        (d_carry0, d_rest), d_xp, d_ms = _scan(
-            body, (d_carry, zeros), buffer, (carries, valid, records, d_ys, rest_acts), time,
-            fetch=fetch, reverse=True, unroll=unroll)
-        d_w = jnp.zeros_like(w)
-        leaves = jax.tree.leaves(carries)
-        for rows, source, (u, _), g, same in zip(row_slices, u_in_carry, records, d_ms,
-                                                  same_as_dxp, strict=True):
-            u = (u if source is None else leaves[source]).reshape(time * batch, -1)  # (T*B, H)
-            g = (d_xp if same else g).reshape(time * batch, -1)  # (T*B, rows)
-            # one matmul over all steps; (H, rows) -> (rows, H) transposes the small result
-            d_w = d_w.at[rows].add((u.T @ g).T.astype(w.dtype))
-        # the projection's VJP: dW_ih, dx and the biases' gradients, each one pass over d_xp
-        _, project_vjp = jax.vjp(lambda p, x: project(p, x) + bias_of(p, x), params, xs)
-        d_params, d_xs = project_vjp(d_xp)
-        d_loop = d_rest._replace(w_ih=jnp.zeros_like(params.w_ih), w_hh=d_w)
-        return jax.tree.map(jnp.add, d_params, d_loop), d_xs, d_carry0, None
-
-    run.defvjp(run_fwd, run_bwd)
     return run

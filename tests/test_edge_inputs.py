@@ -17,19 +17,14 @@ import recurrent
 import recurrent.linen as rl
 import recurrent.nnx as rn
 from recurrent.deer import deer_unroll
+from recurrent.kinds import KINDS
 from recurrent.minimal import mingru_cell, parallel_unroll
 
 I, H = 2, 2
-LAYERS = {  # name: (init, layer, impls)
-    "lstm": (recurrent.init_lstm, recurrent.lstm,
-             ("auto", "fast", "reference", "deer", "quasi_deer")),
-    "gru": (recurrent.init_gru, recurrent.gru,
-            ("auto", "fast", "reference", "deer", "quasi_deer")),
-    "rnn": (recurrent.init_rnn, recurrent.rnn, ("auto", "fast", "reference", "quasi_deer")),
-    "mingru": (recurrent.init_mingru, recurrent.mingru, ("parallel", "reference")),
-    "minlstm": (recurrent.init_minlstm, recurrent.minlstm, ("parallel", "reference")),
-}
-CASES = [(name, impl) for name, (_, _, impls) in LAYERS.items() for impl in impls]
+LAYERS = recurrent.layers.LAYERS  # name: (init, layer), every kind of recurrent.kinds.KINDS
+# every kind's impls but the GPU kernel's (tests/test_kernels.py) and the RNN's full DEER
+CASES = [(name, impl) for name, kind in KINDS.items() for impl in kind.impls
+         if impl != "pallas" and (name, impl) != ("rnn", "deer")]
 INT_DTYPES = [jnp.int8, jnp.uint8, jnp.int16, jnp.uint16, jnp.int32, jnp.uint32]
 FLOAT_DTYPES = [jnp.float16, jnp.bfloat16, jnp.float32]
 EXAMPLES = settings(max_examples=25, deadline=None)

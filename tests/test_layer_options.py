@@ -15,6 +15,7 @@ from jax.test_util import check_grads
 import recurrent
 import recurrent.linen as rl
 import recurrent.nnx as rn
+from recurrent.kinds import KINDS, NONLINEAR_IMPLS
 from recurrent.regularize import Masks, Regularization, draw_masks
 from tests import reference as ref
 
@@ -22,9 +23,9 @@ KEY = jax.random.key(3)
 B, T, I, H = 3, 6, 4, 3
 LENGTHS = jnp.array([6, 2, 4])
 X = jax.random.normal(jax.random.key(1), (B, T, I))
-LAYERS = {"lstm": (recurrent.init_lstm, recurrent.lstm),
-          "gru": (recurrent.init_gru, recurrent.gru),
-          "rnn": (recurrent.init_rnn, recurrent.rnn)}
+# the kinds with a nonlinear step, whose scan runs the dropouts and zoneouts: (init, layer)
+LAYERS = {name: recurrent.layers.LAYERS[name] for name, kind in KINDS.items()
+          if kind.impls == NONLINEAR_IMPLS}
 
 
 def _masks(key, reg, index, input_size):

@@ -7,15 +7,13 @@ import pytest
 from jax.test_util import check_grads
 
 import recurrent
+from recurrent.kinds import KINDS
 from tests import reference as ref
 
 KEY = jax.random.PRNGKey(2)
 B, T, I, H = 3, 5, 4, 3
-LAYERS = {
-    "lstm": (recurrent.init_lstm, recurrent.lstm),
-    "gru": (recurrent.init_gru, recurrent.gru),
-    "rnn": (recurrent.init_rnn, recurrent.rnn),
-}
+# the kinds torch has, whose equations tests/reference.py writes out: name: (init, layer)
+LAYERS = {name: recurrent.layers.LAYERS[name] for name, kind in KINDS.items() if kind.torch}
 
 
 def _inputs(kind, num_layers, bidirectional, dtype=jnp.float32):

@@ -13,12 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import recurrent
+from recurrent import kinds
 from recurrent import onnx as ronnx
 
-# kind: (init, layer, export, whether the state is (h, c))
-KINDS = {"lstm": (recurrent.init_lstm, recurrent.lstm, ronnx.lstm_to_onnx, True),
-         "gru": (recurrent.init_gru, recurrent.gru, ronnx.gru_to_onnx, False),
-         "rnn": (recurrent.init_rnn, recurrent.rnn, ronnx.rnn_to_onnx, False)}
+# the kinds with an ONNX operator: (init, layer, export, whether the state is (h, c))
+KINDS = {name: (*recurrent.layers.LAYERS[name], getattr(ronnx, f"{name}_to_onnx"), kind.pair)
+         for name, kind in kinds.KINDS.items() if kind.onnx}
 I, H = 3, 4
 
 

@@ -15,20 +15,13 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from recurrent import layers
-
-LAYERS = {
-    "lstm": (layers.init_lstm, layers.lstm),
-    "gru": (layers.init_gru, layers.gru),
-    "rnn": (layers.init_rnn, layers.rnn),
-    "mingru": (layers.init_mingru, layers.mingru),
-    "minlstm": (layers.init_minlstm, layers.minlstm),
-}
+from recurrent.kinds import KINDS
+from recurrent.layers import LAYERS
 
 
 def init_network(key, kind: str, input_size: int, hidden: int, num_layers: int,
                  bidirectional: bool, out_features: int, vocab: int | None = None) -> dict:
-    """Params of a ``kind`` layer (lstm, gru or rnn) with a linear head.
+    """Params of a ``kind`` layer (a name of :data:`recurrent.kinds.KINDS`) with a linear head.
 
     Returns ``{"rnn": ..., "head": (D * hidden, out_features), "bias": (out_features,)}``
     and, with ``vocab``, ``"embed": (vocab, input_size)`` that turns integer codes into
@@ -71,7 +64,7 @@ def encode(kind: str, params: dict, x, seq_lengths=None):
     if "embed" in params:
         x = params["embed"][x]  # (batch, time) -> (batch, time, input)
     ys, state = LAYERS[kind][1](params["rnn"], x, seq_lengths=seq_lengths)
-    h_n = state[0] if kind == "lstm" else state  # (layers * D, batch, hidden)
+    h_n = state[0] if KINDS[kind].pair else state  # (layers * D, batch, hidden)
     directions = ys.shape[-1] // h_n.shape[-1]
     last = jnp.concatenate(list(h_n[-directions:]), axis=-1)  # (batch, D * hidden)
     return ys, last

@@ -14,12 +14,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from recurrent.cells import Cell, GRUParams, LSTMParams
+from recurrent.cells import Cell
 from recurrent.fast import directions_in, directions_out
 from recurrent.framing import clip_lengths
 from recurrent.kernels import persistent
+from recurrent.kinds import KINDS
 
-_PARAMS = {"lstm": LSTMParams, "gru": GRUParams}
 _HIGHEST = ("highest", "float32")  # jax_default_matmul_precision values that rule out TF32
 
 
@@ -76,7 +76,9 @@ def configure(kind: str | None, impl: str, layer, batch: int, dtype,
                              "reset_after=True only")
         p = layer[0]
         if not _plain(kind, p):
-            options = [f for f in p._fields[4:] if getattr(p, f) is not None]
+            plain = jax.eval_shape(lambda: KINDS[kind].cell(1).init(jax.random.key(0), 1))
+            options = [f for f in p._fields  # the fields of the cell options
+                       if getattr(p, f) is not None and getattr(plain, f) is None]
             raise ValueError(
                 f"impl='pallas' runs only the plain {kind.upper()} with float32 or bfloat16 "
                 f"params; got {type(p).__name__} of {p.w_ih.dtype}"
@@ -100,8 +102,8 @@ def configure(kind: str | None, impl: str, layer, batch: int, dtype,
 
 def _plain(kind, p) -> bool:
     """Whether ``p`` is the plain cell of ``kind``, float32 or bfloat16, no cell options."""
-    return (type(p) is _PARAMS[kind] and p.w_ih.dtype in (jnp.float32, jnp.bfloat16)
-            and all(getattr(p, f) is None for f in p._fields[4:]))
+    return (type(p) is KINDS[kind].params_type and p.w_ih.dtype in (jnp.float32, jnp.bfloat16)
+            and not any(KINDS[kind].param_options(p).values()))
 
 
 def _config(kind, layer, batch, dtype) -> Config | None:
