@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -39,11 +39,11 @@ from recurrent import (
     cells,
     checks,
     layers,
-    minimal,
     module_cells,
     module_options,
     module_params,
 )
+from recurrent.kinds import KINDS
 from recurrent.module_options import (
     GRUCellOptions,
     GRUOptions,
@@ -113,10 +113,14 @@ class _Stack(nn.Module):
     deterministic: bool | None = None
     rng_collection: str = "dropout"
 
+    _kind: ClassVar[str]  # the subclass's entry of recurrent.kinds.KINDS
+
     @nn.nowrap
     def _functions(self) -> tuple[Callable, Callable, Callable, type]:
-        """``(init_fn, layer_fn, make_cell, params_type)`` of the functional layer."""
-        raise NotImplementedError
+        """``(init_fn, layer_fn, make_cell, params_type)`` of the functional layer, from the
+        kind's entry in :data:`recurrent.kinds.KINDS`."""
+        kind = KINDS[self._kind]
+        return (*layers.LAYERS[self._kind], kind.cell, kind.params_type)
 
     @nn.nowrap
     def _rates(self) -> dict:
@@ -216,8 +220,6 @@ class _CellStack(_Stack):
     """A stack of ``LSTM``, ``GRU`` or ``RNN`` cells, with the options of the scan
     (:func:`recurrent.lstm`) and a learnable initial state."""
 
-    _pair = False  # whether the state is (h, c)
-
     @nn.nowrap
     def _rates(self):
         return {name: getattr(self, name) for name in
@@ -230,14 +232,15 @@ class _CellStack(_Stack):
         ``(num_layers * num_directions, width)`` and broadcast over the batch."""
         if not getattr(self, "learn_initial_state", False) or initial_state is not None:
             return initial_state
+        pair = KINDS[self._kind].pair
 
         def zeros(key):
             del key
-            state = layers.zero_state(params, self._pair)
-            return module_params.InitialState(*(state if self._pair else (state,)))
+            state = layers.zero_state(params, pair)
+            return module_params.InitialState(*(state if pair else (state,)))
 
         state = _Weights(zeros, name="initial_state")()
-        return (state.h, state.c) if self._pair else state.h
+        return (state.h, state.c) if pair else state.h
 
 
 _OPTIONS_DOC = """
@@ -281,24 +284,18 @@ class LSTM(_CellStack, LSTMOptions):
     wide per direction. ``cell_zoneout`` is zoneout of ``c``.
     """
 
-    _pair = True
-
-    @nn.nowrap
-    def _functions(self):
-        return layers.init_lstm, layers.lstm, cells.lstm_cell, cells.LSTMParams
-
+    _kind = "lstm"
 
 
 LSTM.__doc__ = (LSTM.__doc__ or "") + _OPTIONS_DOC
+
 
 class GRU(_CellStack, GRUOptions):
     """``torch.nn.GRU`` as a Linen module around :func:`recurrent.gru`; attributes as
     :class:`LSTM` (no ``cell_zoneout``), plus ``reset_after`` (``True``: torch's form) and
     ``layer_norm`` (see :func:`recurrent.cells.gru_cell`). The state is ``h``."""
 
-    @nn.nowrap
-    def _functions(self):
-        return layers.init_gru, layers.gru, cells.gru_cell, cells.GRUParams
+    _kind = "gru"
 
 
 class RNN(_CellStack, RNNOptions):
@@ -306,9 +303,7 @@ class RNN(_CellStack, RNNOptions):
     :class:`LSTM` (no ``cell_zoneout``), plus ``nonlinearity`` (``"tanh"`` or ``"relu"``).
     The state is ``h``."""
 
-    @nn.nowrap
-    def _functions(self):
-        return layers.init_rnn, layers.rnn, cells.rnn_cell, cells.RNNParams
+    _kind = "rnn"
 
 
 class MinGRU(_Stack, MinimalOptions):
@@ -316,18 +311,14 @@ class MinGRU(_Stack, MinimalOptions):
     parallel over time; attributes as :class:`LSTM` without the scan's. The state is
     ``h``."""
 
-    @nn.nowrap
-    def _functions(self):
-        return layers.init_mingru, layers.mingru, minimal.mingru_cell, minimal.MinGRUParams
+    _kind = "mingru"
 
 
 class MinLSTM(_Stack, MinimalOptions):
     """minLSTM (Feng et al. 2024) as a Linen module around :func:`recurrent.minlstm`, run in
     parallel over time; attributes as :class:`MinGRU`. The state is ``h``."""
 
-    @nn.nowrap
-    def _functions(self):
-        return layers.init_minlstm, layers.minlstm, minimal.minlstm_cell, minimal.MinLSTMParams
+    _kind = "minlstm"
 
 
 class _Cell(nn.RNNCellBase):
@@ -335,9 +326,13 @@ class _Cell(nn.RNNCellBase):
 
     hidden_size: int
 
+    _kind: ClassVar[str]  # the subclass's entry of recurrent.kinds.KINDS
+
     @nn.nowrap
     def _cell(self) -> cells.Cell:
-        raise NotImplementedError
+        """The functional cell of the kind, with this module's options."""
+        return KINDS[self._kind].cell(self.hidden_size,
+                                      **module_options.options_to(self, "init", "step"))
 
     @nn.compact
     def __call__(self, carry, x):
@@ -384,10 +379,7 @@ class LSTMCell(_Cell, LSTMCellOptions):
     ``carry_init`` for ``initialize_carry``.
     """
 
-    @nn.nowrap
-    def _cell(self):
-        return cells.lstm_cell(self.hidden_size,
-                               **module_options.options_to(self, "init", "step"))
+    _kind = "lstm"
 
 
 class GRUCell(_Cell, GRUCellOptions):
@@ -395,10 +387,7 @@ class GRUCell(_Cell, GRUCellOptions):
     ``(*batch, hidden_size)``. ``reset_after=True`` is torch's form; ``layer_norm`` as in
     :func:`recurrent.cells.gru_cell`; other options as :class:`LSTMCell`."""
 
-    @nn.nowrap
-    def _cell(self):
-        return cells.gru_cell(self.hidden_size,
-                              **module_options.options_to(self, "init", "step"))
+    _kind = "gru"
 
 
 class RNNCell(_Cell, RNNCellOptions):
@@ -406,9 +395,7 @@ class RNNCell(_Cell, RNNCellOptions):
     at a time; the carry is ``h`` ``(*batch, hidden_size)``; ``nonlinearity`` is
     ``"tanh"`` or ``"relu"``; other options as :class:`LSTMCell`."""
 
-    @nn.nowrap
-    def _cell(self):
-        return cells.rnn_cell(self.hidden_size,
-                              **module_options.options_to(self, "init", "step"))
+    _kind = "rnn"
+
 
 __all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "MinGRU", "MinLSTM", "RNN", "RNNCell"]

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from recurrent import cells, checks, layers, module_cells, module_options, module_params
+from recurrent.kinds import KINDS
 from recurrent.module_options import (
     GRUCellOptions,
     GRUOptions,
@@ -122,8 +123,7 @@ def _stream(name: str, rngs: nnx.Rngs, rng_collection: str):
 class _Stack(nnx.Module):
     """A stacked (bidirectional) recurrent layer; subclasses name the functional layer."""
 
-    _init = None  # the functional init_* of a subclass
-    _layer = None  # the functional layer of a subclass
+    _kind: str  # the subclass's entry of recurrent.kinds.KINDS (and recurrent.layers.LAYERS)
     _options_type: type = MinimalOptions
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
@@ -138,7 +138,7 @@ class _Stack(nnx.Module):
         module_options.check(name, self.options)
         for rate_name, rate in self._rates().items():
             checks.check_rate(name, rate, rate_name)
-        params = type(self)._init(rngs.params(), input_size, hidden_size, num_layers,
+        params = layers.LAYERS[self._kind][0](rngs.params(), input_size, hidden_size, num_layers,
                                   bidirectional,
                                   **module_options.options_to(self.options, "init"))
         self.num_layers = num_layers
@@ -208,7 +208,7 @@ class _Stack(nnx.Module):
         options = {**module_options.options_to(self.options, "step", "layer"),
                    **scan_options(type(self).__name__, rates, deterministic,
                                   return_activations)}
-        y, state, *activations = type(self)._layer(
+        y, state, *activations = layers.LAYERS[self._kind][1](
             self.get_params(), x, seq_lengths, self._initial_state(initial_state), rate, key,
             **options)
         out = ((y, state) if return_state else (y,)) + tuple(activations)
@@ -236,17 +236,16 @@ class _CellStack(_Stack):
     """A stack of ``LSTM``, ``GRU`` or ``RNN`` cells, with the options of the scan
     (:func:`recurrent.lstm`) and a learnable initial state."""
 
-    _pair = False  # whether the state is (h, c)
-
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  bidirectional: bool = False, dropout: float = 0.0, **kwargs):
         super().__init__(input_size, hidden_size, num_layers, bidirectional, dropout,
                          **kwargs)
         self.initial_state = nnx.data(None)
         if self.options.learn_initial_state:
-            state = layers.zero_state(self.get_params(), self._pair)
+            pair = KINDS[self._kind].pair
+            state = layers.zero_state(self.get_params(), pair)
             self.initial_state = _Weights(
-                module_params.InitialState(*(state if self._pair else (state,))))
+                module_params.InitialState(*(state if pair else (state,))))
 
     def _initial_state(self, initial_state):
         """``initial_state`` if given, else the learned one (broadcast over the batch):
@@ -255,7 +254,7 @@ class _CellStack(_Stack):
         if initial_state is not None or self.initial_state is None:
             return initial_state
         state = _values(self.initial_state.variables())
-        return (state.h, state.c) if self._pair else state.h
+        return (state.h, state.c) if KINDS[self._kind].pair else state.h
 
 
 _ARGS_DOC = """
@@ -299,22 +298,19 @@ class LSTM(_CellStack):
     wide per direction. ``cell_zoneout`` is zoneout of ``c``.
     """
 
-    _init = staticmethod(layers.init_lstm)
-    _layer = staticmethod(layers.lstm)
+    _kind = "lstm"
     _options_type = LSTMOptions
-    _pair = True
-
 
 
 LSTM.__doc__ = (LSTM.__doc__ or "") + _ARGS_DOC
+
 
 class GRU(_CellStack):
     """``torch.nn.GRU`` as an NNX module around :func:`recurrent.gru`; arguments as
     :class:`LSTM` (no ``cell_zoneout``), plus ``reset_after`` (``True``: torch's form) and
     ``layer_norm`` (see :func:`recurrent.cells.gru_cell`). The state is ``h``."""
 
-    _init = staticmethod(layers.init_gru)
-    _layer = staticmethod(layers.gru)
+    _kind = "gru"
     _options_type = GRUOptions
 
 
@@ -323,8 +319,7 @@ class RNN(_CellStack):
     :class:`LSTM` (no ``cell_zoneout``), plus ``nonlinearity`` (``"tanh"`` or ``"relu"``).
     The state is ``h``."""
 
-    _init = staticmethod(layers.init_rnn)
-    _layer = staticmethod(layers.rnn)
+    _kind = "rnn"
     _options_type = RNNOptions
 
 
@@ -332,23 +327,21 @@ class MinGRU(_Stack):
     """minGRU (Feng et al. 2024) as an NNX module around :func:`recurrent.mingru`, run in
     parallel over time; arguments as :class:`LSTM` without the scan's. The state is ``h``."""
 
-    _init = staticmethod(layers.init_mingru)
-    _layer = staticmethod(layers.mingru)
+    _kind = "mingru"
 
 
 class MinLSTM(_Stack):
     """minLSTM (Feng et al. 2024) as an NNX module around :func:`recurrent.minlstm`, run in
     parallel over time; arguments as :class:`MinGRU`. The state is ``h``."""
 
-    _init = staticmethod(layers.init_minlstm)
-    _layer = staticmethod(layers.minlstm)
+    _kind = "minlstm"
 
 
 class _Cell(nnx.RNNCellBase):
     """One time step of a functional cell, in Flax NNX's cell protocol."""
 
     _options_type: type = LSTMCellOptions
-    _make_cell = None  # the functional cell factory of a subclass
+    _kind: str  # the subclass's entry of recurrent.kinds.KINDS
 
     def __init__(self, input_size: int, hidden_size: int, *, rngs: nnx.Rngs, **options):
         name = type(self).__name__
@@ -362,8 +355,8 @@ class _Cell(nnx.RNNCellBase):
         _declare(self, params, self.options.axis_names, name)
 
     def _cell(self) -> cells.Cell:
-        return type(self)._make_cell(self.hidden_size,
-                                     **module_options.options_to(self.options, "init", "step"))
+        return KINDS[self._kind].cell(self.hidden_size,
+                                      **module_options.options_to(self.options, "init", "step"))
 
     def get_params(self):
         """This cell's functional params, e.g. an ``LSTMParams`` of plain arrays."""
@@ -426,7 +419,7 @@ class LSTMCell(_Cell):
     """
 
     _options_type = LSTMCellOptions
-    _make_cell = staticmethod(cells.lstm_cell)
+    _kind = "lstm"
 
 
 class GRUCell(_Cell):
@@ -435,7 +428,7 @@ class GRUCell(_Cell):
     :func:`recurrent.cells.gru_cell`; other options as :class:`LSTMCell`."""
 
     _options_type = GRUCellOptions
-    _make_cell = staticmethod(cells.gru_cell)
+    _kind = "gru"
 
 
 class RNNCell(_Cell):
@@ -444,6 +437,7 @@ class RNNCell(_Cell):
     or ``"relu"``; other options as :class:`LSTMCell`."""
 
     _options_type = RNNCellOptions
-    _make_cell = staticmethod(cells.rnn_cell)
+    _kind = "rnn"
+
 
 __all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "MinGRU", "MinLSTM", "RNN", "RNNCell"]
