@@ -41,4 +41,5 @@ def initial_carry(cell: cells.Cell, input_shape, param_dtype, carry_init, key,
         return zeros[1], zeros[0]
     return zeros
 
+
 __all__ = ["initial_carry", "step"]

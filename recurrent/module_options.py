@@ -199,5 +199,6 @@ def axis_names_of(module: str, axis_names, name: str, ndim: int):
                          f"a weight of rank {ndim}")
     return names
 
+
 __all__ = ["AXIS_NAMES", "GRUCellOptions", "GRUOptions", "LSTMCellOptions", "LSTMOptions",
            "MinimalOptions", "RNNCellOptions", "RNNOptions"]

@@ -128,4 +128,5 @@ def _legacy_fields(p) -> dict:
     fields = p._asdict() if hasattr(p, "_asdict") else dict(p)
     return {k: _unwrap(v) for k, v in fields.items() if v is not None}
 
+
 __all__ = ["DIRECTIONS", "InitialState", "from_legacy", "to_functional", "to_tree"]
