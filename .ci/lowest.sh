@@ -35,4 +35,4 @@ for line in open(sys.argv[1]).read().split():
 PY
 # The floors' risks: flax's NNX and Linen, orbax restoring into them, the layers' jax.
 CI=true "$py" -m pytest -q -n 2 -p no:cacheprovider tests/test_nnx.py tests/test_linen.py \
-    tests/test_checkpoint.py tests/test_export.py tests/test_unroll.py
+    tests/test_checkpoint.py tests/test_export.py tests/test_unroll.py tests/test_flax_native.py

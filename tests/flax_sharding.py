@@ -37,10 +37,10 @@ def main():
                                                  X)[0]).max())
     print(json.dumps({
         "devices": jax.device_count(),
-        "linen_spec": str(linen_w.sharding.spec),
+        "linen_spec": list(linen_w.sharding.spec),
         "linen_shard": list(linen_w.addressable_shards[0].data.shape),
         "linen_error": linen_error,
-        "nnx_spec": str(nnx_w.sharding.spec),
+        "nnx_spec": list(nnx_w.sharding.spec),
         "nnx_shard": list(nnx_w.addressable_shards[0].data.shape),
         "nnx_error": nnx_error,
         "nnx_names": list(nnx.get_partition_spec(nnx.state(model, nnx.Param))

@@ -1,8 +1,6 @@
 """recurrent.onnx: onnxruntime running the exported model equals recurrent.lstm/gru/rnn."""
 
-import re
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -188,14 +186,3 @@ def test_every_initializer_is_used(onnxruntime, initial_state):
     graph = ronnx.lstm_to_onnx(params, initial_state=initial_state).graph
     used = {name for node in graph.node for name in node.input}
     assert {t.name for t in graph.initializer} <= used
-
-
-def test_readme_deploy_example_runs_on_its_own(onnxruntime):
-    """The README's "Deploy to ONNX" block: export, save, run in onnxruntime, compare."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("### Deploy to ONNX\n", 1)[1].split("\n#", 1)[0]
-    (block,) = re.findall(r"```python\n(.*?)```", section, re.S)
-    namespace = {}
-    exec(compile(block, "README.md Deploy to ONNX", "exec"), namespace)
-    assert namespace["y"].shape == (4, 10, 64)
-    assert namespace["h_n"].shape == namespace["c_n"].shape == (4, 4, 32)
