@@ -22,6 +22,9 @@ module are defined in :mod:`recurrent.module_options` and kept as ``module.optio
 
 from __future__ import annotations
 
+import re
+
+import flax
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -40,6 +43,17 @@ from recurrent.module_options import (
 from recurrent.regularize import scan_options
 
 
+def _flax_release() -> tuple[int, ...]:
+    """flax's release as integers, e.g. ``(0, 12, 8)`` (a suffix such as ``rc1`` dropped)."""
+    return tuple(int(re.match(r"\d*", part).group() or 0)
+                 for part in flax.__version__.split(".")[:3])
+
+
+# The nnx.Param metadata that holds logical axis names: flax 0.12.4 renamed sharding_names
+# to out_sharding (the old name warns since; the new one is ignored before).
+_SHARDING_KEY = "out_sharding" if _flax_release() >= (0, 12, 4) else "sharding_names"
+
+
 def _is_variable(x) -> bool:
     return isinstance(x, nnx.Variable)
 
@@ -47,12 +61,12 @@ def _is_variable(x) -> bool:
 def _declare(module: nnx.Module, params, axis_names, owner: str) -> None:
     """Sets one ``nnx.Param`` attribute of ``module`` per weight of ``params`` (a params
     NamedTuple), named by its field and skipping ``None`` fields; with ``axis_names``, each
-    carries its logical axis names as ``out_sharding`` (all checked before any is made)."""
+    carries its logical axis names as sharding metadata (all checked before any is made)."""
     weights = {name: value for name, value in params._asdict().items() if value is not None}
     names = {name: module_options.axis_names_of(owner, axis_names, name, value.ndim)
              for name, value in weights.items()}
     for name, value in weights.items():
-        metadata = {} if names[name] is None else {"out_sharding": names[name]}
+        metadata = {} if names[name] is None else {_SHARDING_KEY: names[name]}
         setattr(module, name, nnx.Param(value, **metadata))
 
 
@@ -277,8 +291,9 @@ _ARGS_DOC = """
         an ``initial_state`` passed at call replaces it) and ``axis_names`` (``None`` or a
         mapping from weight name to logical axis names, e.g.
         :data:`recurrent.module_options.AXIS_NAMES`, set as each ``nnx.Param``'s
-        ``out_sharding``; create the model under ``jax.set_mesh(mesh)`` and
-        ``flax.linen.logical_axis_rules(rules)`` to shard the weights as they are made).
+        ``out_sharding`` (``sharding_names`` before flax 0.12.4); create the model under
+        ``jax.set_mesh(mesh)`` and ``flax.linen.logical_axis_rules(rules)`` to shard the
+        weights as they are made).
         An unknown option raises ``TypeError``.
 """
 

@@ -13,6 +13,13 @@ import recurrent.linen as rl
 import recurrent.nnx as rn
 from recurrent.module_options import AXIS_NAMES
 
+
+def _entries(spec: jax.sharding.PartitionSpec) -> list:
+    """The spec's mesh axis per array axis (its repr and iteration differ across jax
+    versions; indexing does not)."""
+    return [spec[i] for i in range(len(spec))]
+
+
 RULES = (("rnn_gates", "model"), ("rnn_input", None), ("rnn_hidden", None), ("rnn_cell", None))
 X = jax.random.normal(jax.random.key(0), (2, 3, 4))  # (batch, time, features)
 
@@ -37,10 +44,10 @@ def main():
                                                  X)[0]).max())
     print(json.dumps({
         "devices": jax.device_count(),
-        "linen_spec": list(linen_w.sharding.spec),
+        "linen_spec": _entries(linen_w.sharding.spec),
         "linen_shard": list(linen_w.addressable_shards[0].data.shape),
         "linen_error": linen_error,
-        "nnx_spec": list(nnx_w.sharding.spec),
+        "nnx_spec": _entries(nnx_w.sharding.spec),
         "nnx_shard": list(nnx_w.addressable_shards[0].data.shape),
         "nnx_error": nnx_error,
         "nnx_names": list(nnx.get_partition_spec(nnx.state(model, nnx.Param))

@@ -352,7 +352,7 @@ def test_axis_names_shard_over_eight_devices():
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["devices"] == 8
     for family in ("linen", "nnx"):  # w_ih (4 * 2, 4): its gate rows over the 8 devices
-        assert result[f"{family}_spec"] == ["model", None]
+        assert result[f"{family}_spec"] == ["model", None], result
         assert result[f"{family}_shard"] == [1, 4]
         assert result[f"{family}_error"] < 1e-6
     assert result["nnx_names"] == ["rnn_gates", "rnn_hidden"]
