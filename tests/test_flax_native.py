@@ -6,11 +6,6 @@ logical axis names sharded over 8 host CPU devices; Linen and NNX alike."""
 import dataclasses
 import functools
 import inspect
-import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import flax
 import flax.linen as nn
@@ -26,8 +21,8 @@ import recurrent
 import recurrent.linen as rl
 import recurrent.nnx as rn
 from recurrent import module_options, module_params
+from tests.eight_devices import run_on_eight_devices
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 X = jax.random.normal(jax.random.key(0), (3, 5, 4))  # (batch, time, features)
 TOKENS = jax.random.randint(jax.random.key(1), (8, 6), 0, 11)  # (batch, time) codes
 LABELS = TOKENS[:, 0] % 2  # the class is read off the first token: the backward pass's job
@@ -344,12 +339,7 @@ def test_carry_init():
 
 
 def test_axis_names_shard_over_eight_devices():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
-    run = subprocess.run([sys.executable, "-m", "tests.flax_sharding"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads(run.stdout.strip().splitlines()[-1])
+    result = run_on_eight_devices("tests.flax_sharding")
     assert result["devices"] == 8
     for family in ("linen", "nnx"):  # w_ih (4 * 2, 4): its gate rows over the 8 devices
         assert result[f"{family}_spec"] == ["model", None], result

@@ -5,22 +5,11 @@ XLA's device count is fixed when jax starts, so the steps run in a subprocess
 (tests/sharded_training.py) with ``--xla_force_host_platform_device_count=8``.
 """
 
-import json
-import os
-import pathlib
-import subprocess
-import sys
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from tests.eight_devices import run_on_eight_devices
 
 
 def test_sharded_and_unsharded_steps_give_the_same_params():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
-    run = subprocess.run([sys.executable, "-m", "tests.sharded_training"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads(run.stdout.strip().splitlines()[-1])
+    result = run_on_eight_devices("tests.sharded_training")
 
     assert result["devices"] == 8
     assert result["batch_devices"] == 8 and result["batch_spec"] == "P('data',)"
