@@ -20,14 +20,14 @@ from recurrent.kernels import persistent
 B, T, I, H = 18, 5, 4, 32
 
 
-def _case(kind, seed=0):
+def _case(kind, seed=0, hidden=H):
     init = recurrent.init_lstm if kind == "lstm" else recurrent.init_gru
     keys = jax.random.split(jax.random.PRNGKey(seed), 5)
-    params = init(keys[0], I, H, bidirectional=True)
+    params = init(keys[0], I, hidden, bidirectional=True)
     x = jax.random.normal(keys[1], (B, T, I))
     lengths = jax.random.randint(keys[2], (B,), 0, T + 1).at[:2].set(jnp.array([T, 0]))
-    h0 = jax.random.normal(keys[3], (2, B, H))
-    state = (h0, jax.random.normal(keys[4], (2, B, H))) if kind == "lstm" else h0
+    h0 = jax.random.normal(keys[3], (2, B, hidden))
+    state = (h0, jax.random.normal(keys[4], (2, B, hidden))) if kind == "lstm" else h0
     return params, x, lengths, state
 
 
@@ -39,11 +39,18 @@ def _close(got, want, rtol):
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_kernel_equals_reference_values_and_gradients(kind):
     params, x, lengths, state = _case(kind)
-    run = recurrent.lstm if kind == "lstm" else recurrent.gru
     tiling = kernel_layer.configure(kind, "pallas", params[0], B, None)
     assert tiling.interpret and tiling.plan.grid(2, H) == (2, 2, 2)
     assert tiling.plan.resident and tiling.plan.scatter and tiling.plan.loads_first
     assert tiling.plan.kc == H  # as on the GPU: h loaded whole, one matmul chunk
+    assert not tiling.plan.transposed and tiling.plan.ahead == 1
+    _assert_equals_reference(kind, params, x, lengths, state)
+
+
+def _assert_equals_reference(kind, params, x, lengths, state):
+    """``impl="pallas"`` equals ``impl="reference"`` to 1e-5: values, and the gradients
+    of a loss that weighs every output differently, w.r.t. params, inputs and state."""
+    run = recurrent.lstm if kind == "lstm" else recurrent.gru
 
     def loss(impl, p, x, s):
         y, final = run(p, x, lengths, s, impl=impl)
@@ -112,13 +119,27 @@ def test_a_timed_out_barrier_makes_the_results_nan(monkeypatch):
     assert np.isnan(h_n).all() and np.isnan(y[valid]).all()
 
 
-@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-def test_kernel_half_precision_matmuls(dtype):
+@pytest.mark.parametrize("dtype, transposed", [
+    (jnp.bfloat16, False), (jnp.float16, False), (jnp.bfloat16, True)])
+def test_kernel_half_precision_matmuls(dtype, transposed, monkeypatch):
+    """Half-precision operands, float32 accumulation: values and gradients."""
     params, x, lengths, state = _case("gru", seed=1)
-    got = recurrent.gru(params, x, lengths, state, impl="pallas", dtype=dtype)
-    want = recurrent.gru(params, x, lengths, state, impl="reference", dtype=dtype)
+    plan = persistent.plan
+    monkeypatch.setattr(persistent, "plan", lambda *a, **k: plan(
+        *a, **k, transposed=transposed))
+
+    def run(impl, p, x, s):
+        return recurrent.gru(p, x, lengths, s, impl=impl, dtype=dtype)
+
+    def loss(impl, p, x, s):
+        y, h_n = run(impl, p, x, s)
+        return jnp.sum(jnp.sin(y.astype(jnp.float32))) + jnp.sum(h_n.astype(jnp.float32))
+
+    got = run("pallas", params, x, state)
     assert got[0].dtype == dtype
-    _close(got, want, 1e-2)
+    _close(got, run("reference", params, x, state), 1e-2)
+    grad = jax.jit(jax.grad(loss, argnums=(1, 2, 3)), static_argnums=0)
+    _close(grad("pallas", params, x, state), grad("reference", params, x, state), 1e-2)
 
 
 @pytest.mark.parametrize("blocks, timeouts", [(1, 0), (2, 1), (3, 2)])
@@ -160,11 +181,17 @@ def test_plan_keeps_every_block_resident():
     assert persistent.plan("lstm", 2, 64, 512, 132, split_batch=False).bb == 64
     assert persistent.plan("lstm", 1, 4096, 512, 132) is None  # accumulators too large
     # h (bb, H) in registers: loaded whole, one chunk; otherwise chunks of 64 rows
-    assert persistent.plan("lstm", 1, 16, 512, 132)[2:] == (512, 16, 4, True, True, True)
+    assert persistent.plan("lstm", 1, 16, 512, 132)[2:8] == (512, 16, 4, True, True, True)
     assert persistent.plan("lstm", 1, 16, 512, 132, loads_first=False).kc == 64
     assert persistent.plan("lstm", 1, 16, 512, 132, kc_first=128).kc == 128
     wide = persistent.plan("lstm", 2, 64, 512, 132)  # bb = 32: (32, 512) is 128 a thread
     assert not wide.loads_first and not wide.scatter and wide.kc == 64
+    # the transposed matmul: one chunk a step, so only where h is loaded first, whole
+    assert persistent.plan("lstm", 1, 16, 512, 132, transposed=True).transposed
+    assert not persistent.plan("lstm", 2, 64, 512, 132, transposed=True).transposed
+    assert not persistent.plan("lstm", 1, 16, 512, 132, transposed=True, kc_first=64).transposed
+    with pytest.raises(ValueError, match="ahead must be at least 1"):
+        persistent.plan("lstm", 1, 16, 512, 132, ahead=0)
 
 
 def test_impl_choice_and_errors():
@@ -226,21 +253,33 @@ def test_kernel_fallbacks_equal_reference(kind, overrides, monkeypatch):
     gathering backward pass) and the backward pass that gathers every block's gate
     gradients (the GRU: with the weights held, 24 chunks unrolled)."""
     params, x, lengths, state = _case(kind, seed=2)
-    run = recurrent.lstm if kind == "lstm" else recurrent.gru
     plan = persistent.plan
     monkeypatch.setattr(persistent, "plan", lambda *a, **k: plan(
         *a, **k, **overrides)._replace(kc=4))
     tiling = kernel_layer.configure(kind, "pallas", params[0], B, None).plan
     assert (tiling.resident, tiling.scatter) == (kind == "gru", False)
+    _assert_equals_reference(kind, params, x, lengths, state)
 
-    def loss(impl, p, x, s):
-        return sum(jnp.sum(jnp.sin(f)) for f in jax.tree.leaves(run(p, x, lengths, s,
-                                                                     impl=impl)))
 
-    _close(run(params, x, lengths, state, impl="pallas"),
-           run(params, x, lengths, state, impl="reference"), 1e-5)
-    grad = jax.jit(jax.grad(loss, argnums=(1, 2, 3)), static_argnums=0)
-    _close(grad("pallas", params, x, state), grad("reference", params, x, state), 1e-5)
+@pytest.mark.parametrize("kind, overrides, hidden", [
+    ("lstm", {}, 16), ("gru", {}, 16), ("lstm", {"transposed": True}, H),
+    ("gru", {"transposed": True}, 16), ("lstm", {"ahead": 2}, 16),
+    ("gru", {"ahead": 3, "transposed": True}, 16)])
+def test_kernel_variants_equal_reference(kind, overrides, hidden, monkeypatch):
+    """The plan's untimed choices (``Plan.transposed``, ``Plan.ahead``): the same numbers.
+    At ``hidden=16`` a direction is one block of units, and interpret mode runs every step
+    in one call, as the GPU does: the barrier, the loads ``ahead`` and the backward pass'
+    two slots of products then work across steps within the kernel."""
+    params, x, lengths, state = _case(kind, seed=4, hidden=hidden)
+    plan = persistent.plan
+    monkeypatch.setattr(persistent, "plan", lambda *a, **k: plan(*a, **k, **overrides))
+    tiling = kernel_layer.configure(kind, "pallas", params[0], B, None).plan
+    assert tiling.grid(2, hidden) == (2, hidden // 16, 2)
+    assert tiling._replace(transposed=False, ahead=1) == plan(
+        kind, 2, B, hidden, 1 << 30)  # nothing else changed
+    assert (tiling.transposed, tiling.ahead) == (overrides.get("transposed", False),
+                                                 overrides.get("ahead", 1))
+    _assert_equals_reference(kind, params, x, lengths, state)
 
 
 def test_fused_layout_and_plan_limits():

@@ -20,7 +20,9 @@ kernel. Where it fits, a block's slice of ``w_hh`` is loaded once and held in sh
 Off GPU the kernels run in Pallas' interpret mode. The grid then runs one block after
 another, so a barrier would wait forever; instead a scan makes one call per time step (the
 kernels read their span of steps from ``span_ref``), and the blocks only read the previous
-call's ``h``. The kernel body is the same code that runs on the GPU.
+call's ``h``. Where a direction has a single block of units (``bh == H``), no block waits
+for another, and one call runs every step, as on the GPU. The kernel body is the same code
+that runs on the GPU.
 
 Layouts (``T`` time, ``D`` directions, ``B`` batch padded to a power of two >= 16, ``H``
 hidden, ``G`` gates, gate-major columns as in torch):
@@ -73,6 +75,20 @@ class Plan(NamedTuple):
       tensor cores behind two shared-memory barriers of its own (on an H200 at B16 H512,
       float32, a forward step took 5.3 µs in 8 chunks of 64 rows loaded one by one, 4.7
       with the loads first, 3.5 in one chunk).
+
+    Two choices are untimed on a GPU, off by default (:func:`plan`'s keywords) until they
+    measure faster (``benchmarks/bench_step.py``):
+
+    - ``transposed``: the step's matmuls computed transposed, ``w^T h^T`` rather than
+      ``h w``: forward, ``(4*bh, H) @ (H, bb)``, whose ``4*bh = 64`` rows let Triton issue
+      Hopper's asynchronous warpgroup MMAs (``wgmma``), which read both operands from
+      shared memory, where ``bb = 16`` rows give chains of ``mma.sync`` fed from registers
+      (the weights read from shared memory into registers at every step); backward, the
+      scattered product likewise, ``(H, bh) @ (bh, bb)``. The sum of products is
+      transposed back once.
+    - ``ahead``: how many steps ahead the projected inputs (forward) and a block's own
+      residuals (backward) are loaded; at 1 a step's loads are issued during the step
+      before, which on an H200 left about 1 µs a step waiting on them.
     """
 
     bh: int
@@ -83,6 +99,8 @@ class Plan(NamedTuple):
     resident: bool = False
     scatter: bool = False
     loads_first: bool = False
+    transposed: bool = False
+    ahead: int = 1
 
     def grid(self, num_dirs, hidden):
         return num_dirs, hidden // self.bh, self.batch // self.bb
@@ -96,7 +114,8 @@ def plan(kind: str, num_dirs: int, batch: int, hidden: int, num_cores: int,
          split_batch: bool = True, *, resident: bool = True, scatter: bool = True,
          itemsize: int = 4, shared_bytes: int = SHARED_BYTES,
          warps: int | None = None, loads_first: bool = True,
-         kc_first: int | None = None) -> Plan | None:
+         kc_first: int | None = None, transposed: bool = False,
+         ahead: int = 1) -> Plan | None:
     """The tiling for these sizes, or ``None`` when the kernel does not fit them.
 
     The grid ``num_dirs * (hidden / bh) * (batch / bb)`` must not exceed ``num_cores`` (the
@@ -110,8 +129,12 @@ def plan(kind: str, num_dirs: int, batch: int, hidden: int, num_cores: int,
     ``loads_first`` where they are resident (the chunks unrolled) and ``h (bb, H)`` takes
     at most 64 registers a thread.
     ``kc_first``: the rows of a matmul chunk (a power of two; ``None``: ``hidden``) where
-    ``loads_first`` holds; elsewhere they depend on ``bb``.
+    ``loads_first`` holds; elsewhere they depend on ``bb``. ``transposed`` holds where
+    ``loads_first`` does (one chunk, so one transposed product a step); ``ahead`` (>= 1)
+    is taken as given.
     """
+    if ahead < 1:
+        raise ValueError(f"ahead must be at least 1 (steps); got {ahead}")
     if hidden % MIN_BLOCK:
         return None
     padded = max(MIN_BLOCK, _pow2_at_least(batch))
@@ -136,7 +159,8 @@ def plan(kind: str, num_dirs: int, batch: int, hidden: int, num_cores: int,
     kc = min(kc, hidden)
     while hidden % kc:
         kc //= 2
-    return Plan(bh, bb, kc, padded, warps, resident, scatter, loads_first)
+    transposed = transposed and loads_first and kc == hidden
+    return Plan(bh, bb, kc, padded, warps, resident, scatter, loads_first, transposed, ahead)
 
 
 FLAGS = 32  # the first column of a barrier's arrivals in its row of the sync buffer
@@ -197,11 +221,23 @@ def _load(ref, interpret):
     return ref[...] if interpret else plt.load(ref, volatile=True)
 
 
-def _dot(a, b, dtype, precision):
-    """``a @ b`` with float32 accumulation, operands cast to ``dtype`` (``None``: as given)."""
+def _dot(a, b, dtype, precision, transposed=False):
+    """``a @ b`` with float32 accumulation, operands cast to ``dtype`` (``None``: as given);
+    ``transposed``: ``b`` is given as ``b^T`` and the product computed as ``b^T a^T``, i.e.
+    ``(N, M)``, the transpose of ``a @ b`` (see ``Plan.transposed``)."""
     if dtype is not None:
         a, b = a.astype(dtype), b.astype(dtype)
+    if transposed:
+        a, b = b, a.T
     return jnp.dot(a, b, precision=precision, preferred_element_type=jnp.float32)
+
+
+def _products(pairs, dtype, precision, transposed):
+    """``sum(a @ b for a, b in pairs)``, ``(M, N)``; ``transposed``: each ``b`` given as
+    ``b^T``, the products summed as ``(N, M)`` and the sum transposed once."""
+    total = functools.reduce(jnp.add, (_dot(a, b, dtype, precision, transposed)
+                                       for a, b in pairs))
+    return total.T if transposed else total
 
 
 def _accumulate(n, load, fn, init, resident, loads_first=False):
@@ -216,14 +252,19 @@ def _accumulate(n, load, fn, init, resident, loads_first=False):
     return init
 
 
-def _weights(load, chunks, parts, resident, dtype):
+def _weights(load, chunks, parts, resident, dtype, transposed=False):
     """``weight(k, g)``: part ``g`` of matmul chunk ``k`` of a block's weights, ``load(k, g)``
     at each use, or (``resident``) every part loaded once, here, before the time loop, and
-    cast to ``dtype``."""
+    cast to ``dtype``; ``transposed`` (resident only): held transposed, for
+    ``_dot(..., transposed=True)``."""
     if not resident:
         return load
-    held = [[load(k, g) if dtype is None else load(k, g).astype(dtype)
-             for g in range(parts)] for k in range(chunks)]
+
+    def held_part(k, g):
+        w = load(k, g) if dtype is None else load(k, g).astype(dtype)
+        return w.T if transposed else w
+
+    held = [[held_part(k, g) for g in range(parts)] for k in range(chunks)]
     return lambda k, g: held[k][g]
 
 
@@ -256,10 +297,12 @@ def _forward_kernel(span_ref, len_ref, xp_ref, w_ref, bhn_ref, hin_ref, cin_ref,
 
     # one matmul for every gate: this block's 4*bh columns of w (laid out by fuse)
     weight = _weights(lambda k, _: w_ref[d, _rows(k, kc), pl.ds(j * 4 * bh, 4 * bh)],
-                      H // kc, 1, plan_.resident, dtype)
+                      H // kc, 1, plan_.resident, dtype, plan_.transposed)
 
     def step(t, state):
-        c, h_old, x, alive = state  # own units' carry and this step's inputs
+        c, h_old, xs, alive = state  # own units' carry, inputs of steps t, ..., t+ahead-1
+        x = xs[0]
+
         # h_{t-1} = hbuf[t, d] (B, H) was written by every block at the last step
         def load(k):  # (bb, kc)
             return _load(hbuf_ref.at[t, d, rb, _rows(k, kc)], interpret)
@@ -267,8 +310,12 @@ def _forward_kernel(span_ref, len_ref, xp_ref, w_ref, bhn_ref, hin_ref, cin_ref,
         def chunk(k, acc, h_k):
             return acc + _dot(h_k, weight(k, 0), dtype, precision)
 
-        rec = _accumulate(H // kc, load, chunk, jnp.zeros((plan_.bb, 4 * bh), jnp.float32),
-                          plan_.resident, plan_.loads_first)
+        if plan_.transposed:  # one chunk (plan)
+            rec = _products([(load(0), weight(0, 0))], dtype, precision, True)
+        else:
+            rec = _accumulate(H // kc, load, chunk,
+                              jnp.zeros((plan_.bb, 4 * bh), jnp.float32), plan_.resident,
+                              plan_.loads_first)
         rec = jnp.split(rec, 4, axis=1)[:G]  # G x (bb, bh)
         valid = (t < lengths)[:, None]  # (bb, 1)
         if kind == "lstm":
@@ -289,14 +336,16 @@ def _forward_kernel(span_ref, len_ref, xp_ref, w_ref, bhn_ref, hin_ref, cin_ref,
         hbuf_ref[t + 1, d, rb, units] = h_new
         for g, a in enumerate(gates if acts_ref else ()):
             acts_ref[0][t, d, rb, gate_cols(g)] = a
-        x_next = inputs(t + 1)  # loaded before the barrier, to overlap with the wait
+        # loaded before the barrier, to overlap with the wait (and with later steps)
+        xs = (*xs[1:], inputs(t + plan_.ahead))
         alive = jax.lax.cond(t < stop - 1, lambda a: sync.wait(t - first, a), lambda a: a,
                              alive)
-        return c_new, h_new, x_next, alive
+        return c_new, h_new, xs, alive
 
     c0 = cbuf_ref[first, d, rb, units] if kind == "lstm" else jnp.zeros((plan_.bb, bh))
     h0 = hbuf_ref[first, d, rb, units]
-    state = (c0, h0, inputs(first), jnp.bool_(True))
+    xs = tuple(inputs(first + k if k else first) for k in range(plan_.ahead))  # no "+ 0"
+    state = (c0, h0, xs, jnp.bool_(True))
     c, *_, alive = jax.lax.fori_loop(first, stop, step, state)
     if kind == "lstm" and not acts_ref:
         cbuf_ref[stop, d, rb, units] = c
@@ -320,7 +369,8 @@ def _backward_kernel(span_ref, len_ref, w_ref, acts_ref, hbuf_ref, cbuf_ref, dh_
         return pl.ds(g * H + j * bh, bh)
 
     if plan_.scatter:  # this block's rows of w (D, G*H, H), gate by gate: G x (bh, H)
-        weight = _weights(lambda _, g: w_ref[d, gate_cols(g), :], 1, G, plan_.resident, dtype)
+        weight = _weights(lambda _, g: w_ref[d, gate_cols(g), :], 1, G, plan_.resident, dtype,
+                          plan_.transposed)
     else:  # every row of this block's columns, chunk by chunk: (kc, bh)
         weight = _weights(lambda k, _: w_ref[d, _rows(k, kc), units], G * H // kc, 1,
                           plan_.resident, dtype)
@@ -333,7 +383,8 @@ def _backward_kernel(span_ref, len_ref, w_ref, acts_ref, hbuf_ref, cbuf_ref, dh_
                 *own)
 
     def step(s, state):
-        d_pass, dc, now, alive = state
+        d_pass, dc, ahead, alive = state  # ahead: local(t), ..., local(t - plan_.ahead + 1)
+        now = ahead[0]
         t = stop - 1 - s
         if plan_.scatter:  # the products of every block's dm of step t + 1, for own units
             parts = _load(pbuf_ref.at[(t + 1) % 2, d, :, rb, units], interpret)
@@ -371,13 +422,17 @@ def _backward_kernel(span_ref, len_ref, w_ref, acts_ref, hbuf_ref, cbuf_ref, dh_
         for g, m in enumerate(dm):
             mbuf_ref[t, d, rb, gate_cols(g)] = m
         if plan_.scatter:  # own rows' share of dm_t @ w_hh, for every unit: (bb, H)
-            pbuf_ref[t % 2, d, j, rb, :] = functools.reduce(
-                jnp.add, (_dot(m, weight(0, g), dtype, precision) for g, m in enumerate(dm)))
-        after = local(t - 1)  # loaded before the barrier, to overlap with the wait
+            pbuf_ref[t % 2, d, j, rb, :] = _products(
+                [(m, weight(0, g)) for g, m in enumerate(dm)], dtype, precision,
+                plan_.transposed)
+        # loaded before the barrier, to overlap with the wait (and with later steps)
+        ahead = (*ahead[1:], local(t - plan_.ahead))
         alive = jax.lax.cond(t > first, lambda a: sync.wait(s, a), lambda a: a, alive)
-        return d_pass_new, dc_new, after, alive
+        return d_pass_new, dc_new, ahead, alive
 
-    init = (dpass_ref[d, rb, units], dc_ref[d, rb, units], local(stop - 1), jnp.bool_(True))
+    init = (dpass_ref[d, rb, units], dc_ref[d, rb, units],
+            tuple(local(stop - 1 - k if k else stop - 1) for k in range(plan_.ahead)),
+            jnp.bool_(True))
     d_pass, dc, _, alive = jax.lax.fori_loop(0, stop - first, step, init)
     dpass_ref[d, rb, units] = d_pass
     dc_ref[d, rb, units] = dc
@@ -400,14 +455,16 @@ def _launch(kernel, grid, outs, aliases, plan_, interpret, time, carried, stitch
     """Runs ``kernel`` over ``time`` steps: in one call on the GPU, or on the CPU (interpret
     mode) in one call per step, threading the aliased buffers ``carried`` (output indices)
     from call to call and keeping step ``t`` of each output in ``stitched`` from call ``t``.
-    ``args`` are the kernel's inputs after the span; returns its outputs."""
+    ``args`` are the kernel's inputs after the span; returns its outputs. Where the grid
+    has one block of units (``grid[1] == 1``), every block's barrier waits only on itself,
+    and interpret mode too runs every step in one call."""
     call = pl.pallas_call(
         kernel, out_shape=outs, grid=grid, input_output_aliases=aliases,
         interpret=interpret,
         # num_stages=1: software pipelining would load step t+1's h before the barrier
         # that publishes it (on an H100, 2 stages gave errors of 1e-1)
         compiler_params=plt.CompilerParams(num_warps=plan_.warps, num_stages=1))
-    if not interpret:
+    if not interpret or grid[1] == 1:
         return call(jnp.array([0, time], jnp.int32), *args)
     sources = {out: inp for inp, out in aliases.items()}
 
