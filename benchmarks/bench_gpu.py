@@ -68,9 +68,13 @@ DTYPES = {"fp32": None, "bf16": jnp.bfloat16, "fp16": jnp.float16}
 # persistent.plan's choices turned off, as where the sizes rule them out (no weights on
 # chip: no scattering backward pass either)
 FALLBACK = {"resident": False, "scatter": False}
-# variants of the kernel that kernel_resources.py compiles
+# variants of the kernel that kernel_resources.py compiles; the last three are the plan's
+# choices not yet timed on a GPU (off by default)
 TUNING = {"default": {}, "h in chunks of 64 rows": {"loads_first": False},
-          "weights streamed (FALLBACK)": FALLBACK}
+          "weights streamed (FALLBACK)": FALLBACK,
+          "transposed matmuls (wgmma)": {"transposed": True},
+          "inputs 2 steps ahead": {"ahead": 2},
+          "transposed, 2 ahead": {"transposed": True, "ahead": 2}}
 LAYERS = {"lstm": (recurrent.init_lstm, recurrent.lstm),
           "gru": (recurrent.init_gru, recurrent.gru)}
 
@@ -257,7 +261,8 @@ def main(argv=None):
     parser.add_argument("--check-cases", type=int, default=len(CHECK_CASES),
                         help="how many of CHECK_CASES to run at each")
     parser.add_argument("--rows", default=None,
-                        help="which of ROWS to time, in this order, e.g. 0,1,4")
+                        help="which of ROWS to time, in this order, e.g. 0,1,4 ('' for "
+                             "none: the checks only)")
     parser.add_argument("--plan", type=_plan_options, default={},
                         help="persistent.plan keywords for every kernel run, e.g. kc_first=256")
     argv = sys.argv[1:] if argv is None else argv
@@ -311,9 +316,11 @@ def run(args, argv):
                      f"{type(e).__name__}: {str(e)[:300]} | | |")
 
     emit("", "## Speed", "", HEADER)
-    rows = QUICK_ROWS if args.quick else ROWS
-    if args.rows:
-        rows = [rows[int(i)] for i in args.rows.split(",")]
+    rows = ROWS
+    if args.rows is not None:
+        rows = [rows[int(i)] for i in args.rows.split(",") if i]
+    if args.quick:  # a dry run: whatever rows were asked for
+        rows = QUICK_ROWS
     for row in rows:
         if time.perf_counter() - start > args.budget:
             emit(f"| {row} | skipped: over the time budget |")

@@ -67,16 +67,19 @@ class _NoBarrier(persistent._Sync):
     wait = _no_wait
 
 
-def _row_sum(a, b, dtype, precision):
-    """Stands in for ``a @ b``: uses every loaded element of ``a``, no tensor cores."""
+def _row_sum(a, b, dtype, precision, transposed=False):
+    """Stands in for ``a @ b`` (``persistent._dot``): uses every loaded element of ``a``, no
+    tensor cores."""
     del dtype, precision
-    return jnp.broadcast_to(jnp.sum(a.astype(jnp.float32), axis=1, keepdims=True),
-                            (a.shape[0], b.shape[1]))
+    sums = jnp.sum(a.astype(jnp.float32), axis=1, keepdims=True)  # (M, 1)
+    return (jnp.broadcast_to(sums.T, (b.shape[0], a.shape[0])) if transposed
+            else jnp.broadcast_to(sums, (a.shape[0], b.shape[1])))
 
 
-def _zero_dot(a, b, dtype, precision):
+def _zero_dot(a, b, dtype, precision, transposed=False):
     del dtype, precision
-    return jnp.zeros((a.shape[0], b.shape[1]), jnp.float32)
+    shape = (b.shape[0], a.shape[0]) if transposed else (a.shape[0], b.shape[1])
+    return jnp.zeros(shape, jnp.float32)
 
 
 def _zero_float_loads(ref, interpret):
@@ -105,6 +108,11 @@ VARIANTS = {
     **{f"h loaded first, chunks of {kc} rows": ({"kc_first": kc}, WHOLE, WHOLE)
        for kc in (64, 128, 256)},
     "default: h loaded first, one chunk": ({}, FORWARD, BACKWARD),
+    # not yet timed (persistent.Plan): the whole step of each, forward and backward
+    "transposed matmuls (wgmma)": ({"transposed": True}, FORWARD, BACKWARD),
+    "inputs 2 steps ahead": ({"ahead": 2}, WHOLE, WHOLE),
+    "inputs 3 steps ahead": ({"ahead": 3}, WHOLE, WHOLE),
+    "transposed, 2 ahead": ({"transposed": True, "ahead": 2}, WHOLE, WHOLE),
 }
 
 
@@ -144,22 +152,22 @@ def _backward_fn(plan_, batch, time_steps, hidden, dtype, parts, seed=0):
     return lambda: compiled(*args)
 
 
-def rows(sizes, variants, repeats, calls, budget, start, whole=False):
+def rows(sizes, variants, repeats, calls, budget, start, whole=False, with_backward=False):
     """Table lines for every size, plan variant and part, as they are timed; ``whole``: the
-    whole forward step only."""
+    whole forward step only, and ``with_backward`` the backward kernel's whole step too."""
     device = jax.devices()[0]
     cores = device.core_count if device.platform == "gpu" else 132
     for batch, time_steps, hidden, dtype in sizes:
         itemsize = jnp.dtype(dtype or jnp.float32).itemsize
         name = f"B{batch} T{time_steps} H{hidden} {jnp.dtype(dtype or jnp.float32).name}"
         for variant in variants:
-            options, forward, backward = VARIANTS[variant]
+            options, forward, backward_parts = VARIANTS[variant]
             plan_ = persistent.plan("lstm", 1, batch, hidden, cores, itemsize=itemsize,
                                     **options)
             cases = [(f"forward, {part}", _forward_fn, PARTS[part])
                      for part in (WHOLE if whole else forward)]
             cases += [(f"backward, {part}", _backward_fn, PARTS[part])
-                      for part in (() if whole else backward)]
+                      for part in ((WHOLE if with_backward else ()) if whole else backward_parts)]
             for label, make, patches in cases:
                 if time.perf_counter() - start > budget:
                     yield f"| {name} | {variant} | | {label} | skipped: over the budget | |"
@@ -176,7 +184,8 @@ def rows(sizes, variants, repeats, calls, budget, start, whole=False):
 
 def _tiling(plan_):
     return (f"bh={plan_.bh} bb={plan_.bb} kc={plan_.kc} resident={plan_.resident} "
-            f"loads_first={plan_.loads_first}")
+            f"loads_first={plan_.loads_first} transposed={plan_.transposed} "
+            f"ahead={plan_.ahead}")
 
 
 def main(argv=None):
@@ -191,6 +200,8 @@ def main(argv=None):
                         help="which of VARIANTS to time, by number, e.g. 0,2,3")
     parser.add_argument("--whole", action="store_true",
                         help="time the whole forward step only, no parts, no backward")
+    parser.add_argument("--with-backward", action="store_true",
+                        help="with --whole: the backward kernel's whole step too")
     parser.add_argument("--sizes", default=None,
                         help="which of SIZES to time, by number, e.g. 0,2")
     parser.add_argument("--out", type=Path, default=RESULTS / "gpu_step.md")
@@ -206,14 +217,16 @@ def main(argv=None):
              "| size | variant | tiling | kernel, part | ms a call | µs a step |",
              "|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
-    sizes = QUICK_SIZES if args.quick else SIZES
+    sizes = SIZES
     if args.sizes:
         sizes = [sizes[int(i)] for i in args.sizes.split(",")]
+    if args.quick:  # a dry run: whatever sizes were asked for
+        sizes = QUICK_SIZES
     variants = list(VARIANTS)
     if args.variants:
         variants = [variants[int(i)] for i in args.variants.split(",")]
     for line in rows(sizes, variants, args.repeats, args.calls, args.budget, start,
-                     args.whole):
+                     args.whole, args.with_backward):
         lines.append(line)
         print(line, flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,10 +10,13 @@ assembled by ptxas. The table gives per block: registers per thread, bytes spill
 local memory, shared memory, and how many bytes each thread loads from global memory in
 the time loop (one step; a loop nested in it, such as a barrier's polling, counts once)
 and outside it, in how many rounds a step loads what other blocks wrote (see
-:func:`_step`), the tensor-core (``mma``) instructions a thread issues in one step, and
+:func:`_step`), the tensor-core (``mma.sync``) instructions a thread issues in one step, and
 the longest chain of them in which each waits for the one before (a step takes at least
-that many times an ``mma``'s latency). A ``w_hh`` slice held on chip shows as shared
-memory and as loads outside the loop; streamed, it shows as loads in the loop.
+that many times an ``mma``'s latency), and Hopper's warpgroup MMAs (``wgmma``, which
+``Plan.transposed`` gets from Triton): asynchronous, both operands read from shared
+memory, a chain of them on one accumulator issued back to back. A ``w_hh`` slice held on
+chip shows as shared memory and as loads outside the loop; streamed, it shows as loads in
+the loop.
 
 No timing: that needs the GPU (``bench_gpu.py``). This is how a variant is checked for
 spills and residency before device time is spent on it. Triton's own pipeline stands in
@@ -39,7 +42,8 @@ from bench_gpu import TUNING
 from common import RESULTS
 
 # (cell, batch, hidden, directions, matmul dtype): bench_gpu.CONFIGS' layers
-CONFIGS = [("lstm", 64, 512, 1, None), ("gru", 64, 512, 1, None), ("lstm", 32, 256, 1, None),
+CONFIGS = [("lstm", 16, 512, 1, None), ("lstm", 16, 512, 1, jnp.bfloat16),
+           ("lstm", 64, 512, 1, None), ("gru", 64, 512, 1, None), ("lstm", 32, 256, 1, None),
            ("lstm", 64, 512, 2, None), ("lstm", 256, 1024, 1, None)]
 CORES = 132  # an H100 SXM's multiprocessors
 TIME = 8  # steps: the loop's body does not depend on it
@@ -88,11 +92,11 @@ def _step(ptx):
     """What one thread does in the time loop's body (the blocks that LLVM's comments place in
     a loop: the time loop, or one nested in it, which then counts once), and outside it:
     ``(bytes loaded from global memory outside, bytes loaded within, rounds of loads
-    within, mma instructions within, the longest chain of mma instructions within that
-    each wait for the last)``. A round is a run of vector loads of data the other blocks
-    wrote (``ld.volatile``) that no barrier interrupts: one wait on L2 each, in program
-    order."""
-    outside = within = rounds = mma = longest = 0
+    within, mma.sync instructions within, the longest chain of them within that each wait
+    for the last, wgmma instructions within)``. A round is a run of vector loads of data
+    the other blocks wrote (``ld.volatile``) that no barrier interrupts: one wait on L2
+    each, in program order."""
+    outside = within = rounds = mma = longest = wgmma = 0
     depth = {}  # register -> the most mma instructions its value waited for, in a row
     in_loop, barrier = False, True
     lines = ptx.splitlines()
@@ -113,13 +117,14 @@ def _step(ptx):
             continue
         first = re.match(r"\s*(\{[^}]*\}|[^,]*)", args).group(1)
         sources = re.findall(r"%\w+", args[len(first):])
-        is_mma = bool(re.match(r"(wg)?mma\.", op))
+        wgmma += op.startswith("wgmma.mma_async")
+        is_mma = op.startswith("mma.sync")
         mma += is_mma
         chain = max((depth.get(r, 0) for r in sources), default=0) + is_mma
         for register in re.findall(r"%\w+", first):
             depth[register] = chain
         longest = max(longest, chain)
-    return outside, within, rounds, mma, longest
+    return outside, within, rounds, mma, longest, wgmma
 
 
 def compile_ir(text, warps, workdir, name):
@@ -166,11 +171,12 @@ def main(argv=None):
              "- no timing: that is `bench_gpu.py` on the GPU", "",
              "| cell, B, H, dirs, dtype | variant | tiling | kernel | registers | spilled B "
              "| shared KB | loaded B outside the loop | loaded B per step | load rounds per step "
-             "| mma per step | longest mma chain |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| mma.sync per step | longest mma.sync chain | wgmma per step |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for kind, batch, hidden, dirs, dtype in CONFIGS:
         for variant, overrides in TUNING.items():
-            label = f"{kind.upper()}, {batch}, {hidden}, {dirs}, {dtype or 'float32'}"
+            label = (f"{kind.upper()}, {batch}, {hidden}, {dirs}, "
+                     f"{jnp.dtype(dtype or jnp.float32).name}")
             try:
                 tiling, modules = triton_ir(kind, batch, hidden, dirs, dtype, overrides)
             except Exception as e:  # a variant the lowering refuses: say so, go on
@@ -182,14 +188,13 @@ def main(argv=None):
             for name, text in zip(("forward", "inference", "backward"), modules,
                                   strict=True):
                 try:
-                    regs, spill, shared, before, within, rounds, mma, chain = compile_ir(
+                    regs, spill, shared, before, within, rounds, mma, chain, wg = compile_ir(
                         text, tiling.warps, args.workdir,
-                        f"{kind}{batch}_{hidden}_{dirs}_{dtype}_{variant}_{name}"
-                        .replace(" ", "_"))
+                        re.sub(r"\W+", "_", f"{label}_{variant}_{name}"))
                     cells = (f"{regs} | {spill} | {shared / 1024:.0f} | {before} | {within} "
-                             f"| {rounds} | {mma} | {chain}")
+                             f"| {rounds} | {mma} | {chain} | {wg}")
                 except Exception as e:
-                    cells = f"failed: {type(e).__name__}: {str(e)[:120]} | | | | | | |"
+                    cells = f"failed: {type(e).__name__}: {str(e)[:120]} | | | | | | | |"
                 lines.append(f"| {label} | {variant} | {shape} | {name} | {cells} |")
                 print(lines[-1], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

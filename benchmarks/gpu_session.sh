@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Issue 19's next device calls, prepared without a GPU: each stage is one call of the
+# device tool, from the repository root, writing its tables under $OUT (default
+# benchmarks/results). Each fits one call's 10 minutes with room to spare:
+#
+#   bash benchmarks/gpu_session.sh variants     # about 4 min
+#       the whole forward and backward step of the plan's untimed choices (Plan.transposed,
+#       Plan.ahead) against the default, at the goal sizes (bench_step.py), then the kernel
+#       with them checked against the XLA path on the GPU (bench_gpu.py, no speed rows)
+#   bash benchmarks/gpu_session.sh speed [PLAN] # about 6 min
+#       the issue's rows against torch cuDNN (fp32, fp16), flax and the XLA path, with plan
+#       keywords PLAN (e.g. transposed=True,ahead=2: the fastest of the first stage), first
+#       the goal rows, then the rows no run has timed yet
+#
+# Append --quick to either for a dry run on a CPU (tiny sizes, interpret mode).
+set -euo pipefail
+stage=${1:?usage: gpu_session.sh variants|speed [PLAN] [--quick]}
+shift
+plan=""
+if [[ "$stage" == speed && $# -gt 0 && "$1" != --* ]]; then
+    plan=$1
+    shift
+fi
+out=${OUT:-benchmarks/results}
+mkdir -p "$out"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv 2>/dev/null \
+    || echo "no nvidia-smi: not a GPU machine"
+
+case "$stage" in
+variants)
+    # bench_step.VARIANTS 4-8: the default, transposed, 2 and 3 steps ahead, both
+    python benchmarks/bench_step.py --whole --with-backward --sizes 0,1,2 \
+        --variants 4,5,6,7,8 --repeats 10 --budget 170 --out "$out/gpu_step_variants.md" "$@"
+    python benchmarks/bench_gpu.py --rows "" --checks 1 --plan transposed=True,ahead=2 \
+        --out "$out/gpu_checks_variants.md" "$@"
+    ;;
+speed)
+    # ROWS 0-3: the goal rows; 5-11: never timed (B16 H1024, B32 T1024, the 2 x 2 stacks,
+    # the GRU at H1024); 4 (B256 H1024) runs the XLA path, timed in run 5
+    python benchmarks/bench_gpu.py --plan "$plan" --checks 1 --check-cases 2 \
+        --rows 0,1,2,3,5,6,7,8,9,10,11 --repeats 7 --budget 300 \
+        --out "$out/gpu_speed.md" "$@"
+    ;;
+*)
+    echo "unknown stage '$stage': variants or speed" >&2
+    exit 2
+    ;;
+esac
