@@ -186,10 +186,10 @@ def test_plan_keeps_every_block_resident():
     assert persistent.plan("lstm", 1, 16, 512, 132, kc_first=128).kc == 128
     wide = persistent.plan("lstm", 2, 64, 512, 132)  # bb = 32: (32, 512) is 128 a thread
     assert not wide.loads_first and not wide.scatter and wide.kc == 64
-    # the transposed matmul: one chunk a step, so only where h is loaded first, whole
+    # the transposed matmul: where the weights are held (transposed, before the time loop)
     assert persistent.plan("lstm", 1, 16, 512, 132, transposed=True).transposed
-    assert not persistent.plan("lstm", 2, 64, 512, 132, transposed=True).transposed
-    assert not persistent.plan("lstm", 1, 16, 512, 132, transposed=True, kc_first=64).transposed
+    assert persistent.plan("lstm", 2, 64, 512, 132, transposed=True).transposed  # chunks
+    assert not persistent.plan("lstm", 1, 256, 1024, 132, transposed=True).transposed
     with pytest.raises(ValueError, match="ahead must be at least 1"):
         persistent.plan("lstm", 1, 16, 512, 132, ahead=0)
 
@@ -232,6 +232,11 @@ def test_auto_picks_the_kernel_where_its_weights_stay_on_chip(monkeypatch):
     assert auto("lstm", 1024, batch=256) is None  # 256 KiB a block
     assert auto("lstm", 1024, batch=256, dtype=jnp.bfloat16) is None  # held, bb = 128
     assert auto("lstm", 512, remat_chunk=8) is None  # asked for less memory
+    plan = persistent.plan  # a benchmark turning the transposed matmuls on times them
+    monkeypatch.setattr(persistent, "plan", lambda *a, **k: plan(*a, **k, transposed=True))
+    assert auto("gru", 512, dirs=2).plan.transposed  # bb = 32: chunks of h, transposed
+    assert auto("lstm", 1024, batch=256) is None  # weights streamed: never transposed
+    monkeypatch.setattr(persistent, "plan", plan)
     assert auto("lstm", 48, proj_size=16) is None  # cell options: no kernel, no error
     assert kernel_layer.configure(None, "auto", None, 64, None) is None  # no kernel (RNN)
     device.compute_capability = "8.6"  # 99 KiB a block: 64 KiB of weights at H 256
@@ -261,22 +266,30 @@ def test_kernel_fallbacks_equal_reference(kind, overrides, monkeypatch):
     _assert_equals_reference(kind, params, x, lengths, state)
 
 
-@pytest.mark.parametrize("kind, overrides, hidden", [
-    ("lstm", {}, 16), ("gru", {}, 16), ("lstm", {"transposed": True}, H),
-    ("gru", {"transposed": True}, 16), ("lstm", {"ahead": 2}, 16),
-    ("gru", {"ahead": 3, "transposed": True}, 16)])
-def test_kernel_variants_equal_reference(kind, overrides, hidden, monkeypatch):
-    """The plan's untimed choices (``Plan.transposed``, ``Plan.ahead``): the same numbers.
-    At ``hidden=16`` a direction is one block of units, and interpret mode runs every step
-    in one call, as the GPU does: the barrier, the loads ``ahead`` and the backward pass'
-    two slots of products then work across steps within the kernel."""
+@pytest.mark.parametrize("kind, overrides, hidden, kc", [
+    ("lstm", {}, 16, None), ("gru", {}, 16, None), ("lstm", {"transposed": True}, H, None),
+    ("gru", {"transposed": True}, 16, None), ("lstm", {"ahead": 2}, 16, None),
+    ("gru", {"ahead": 3, "transposed": True}, 16, None),
+    ("lstm", {"transposed": True, "loads_first": False, "scatter": False}, H, 8)])
+def test_kernel_variants_equal_reference(kind, overrides, hidden, kc, monkeypatch):
+    """The plan's untimed choices (``Plan.transposed``, ``Plan.ahead``): the same numbers,
+    also with ``h`` multiplied in chunks of ``kc`` rows (transposed products accumulated)
+    and the gathering backward pass. At ``hidden=16`` a direction is one block of units,
+    and interpret mode runs every step in one call, as the GPU does: the barrier, the
+    loads ``ahead`` and the backward pass' two slots of products then work across steps
+    within the kernel."""
     params, x, lengths, state = _case(kind, seed=4, hidden=hidden)
     plan = persistent.plan
-    monkeypatch.setattr(persistent, "plan", lambda *a, **k: plan(*a, **k, **overrides))
+
+    def chunked(tiling):
+        return tiling._replace(kc=kc) if kc else tiling
+
+    monkeypatch.setattr(persistent, "plan", lambda *a, **k: chunked(plan(*a, **k, **overrides)))
     tiling = kernel_layer.configure(kind, "pallas", params[0], B, None).plan
     assert tiling.grid(2, hidden) == (2, hidden // 16, 2)
-    assert tiling._replace(transposed=False, ahead=1) == plan(
-        kind, 2, B, hidden, 1 << 30)  # nothing else changed
+    others = {k: v for k, v in overrides.items() if k not in ("transposed", "ahead")}
+    assert tiling._replace(transposed=False, ahead=1) == chunked(plan(
+        kind, 2, B, hidden, 1 << 30, **others))  # nothing else changed
     assert (tiling.transposed, tiling.ahead) == (overrides.get("transposed", False),
                                                  overrides.get("ahead", 1))
     _assert_equals_reference(kind, params, x, lengths, state)

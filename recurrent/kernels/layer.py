@@ -68,7 +68,9 @@ def configure(kind: str | None, impl: str, layer, batch: int, dtype,
     device, a CUDA GPU, when no ``remat_chunk`` is asked for and the plan holds a block's
     weights in shared memory and its ``h`` in registers (``Plan.loads_first``; where it
     does not, as at B256 H1024 in bfloat16, the kernel took 1.6 times the XLA path's time
-    to train on an H200). Any other ``impl``: ``None``.
+    to train on an H200), or where the plan computes its matmuls transposed
+    (``Plan.transposed``, untimed and off by default, so that a benchmark that turns it on
+    times the kernel wherever it applies). Any other ``impl``: ``None``.
     """
     if impl == "pallas":
         if kind is None:
@@ -97,7 +99,8 @@ def configure(kind: str | None, impl: str, layer, batch: int, dtype,
             or not _plain(kind, layer[0])):
         return None
     config = _config(kind, layer, batch, dtype)
-    return config if config is not None and config.plan.loads_first else None
+    chosen = config is not None and (config.plan.loads_first or config.plan.transposed)
+    return config if chosen else None
 
 
 def _plain(kind, p) -> bool:

@@ -84,8 +84,9 @@ class Plan(NamedTuple):
       Hopper's asynchronous warpgroup MMAs (``wgmma``), which read both operands from
       shared memory, where ``bb = 16`` rows give chains of ``mma.sync`` fed from registers
       (the weights read from shared memory into registers at every step); backward, the
-      scattered product likewise, ``(H, bh) @ (bh, bb)``. The sum of products is
-      transposed back once.
+      scattered product likewise, ``(H, bh) @ (bh, bb)`` (the gathering backward pass
+      keeps its ``(bb, kc) @ (kc, bh)`` chunks, which have no side of 64). A step's sum
+      of products is transposed back once.
     - ``ahead``: how many steps ahead the projected inputs (forward) and a block's own
       residuals (backward) are loaded; at 1 a step's loads are issued during the step
       before, which on an H200 left about 1 µs a step waiting on them.
@@ -129,9 +130,8 @@ def plan(kind: str, num_dirs: int, batch: int, hidden: int, num_cores: int,
     ``loads_first`` where they are resident (the chunks unrolled) and ``h (bb, H)`` takes
     at most 64 registers a thread.
     ``kc_first``: the rows of a matmul chunk (a power of two; ``None``: ``hidden``) where
-    ``loads_first`` holds; elsewhere they depend on ``bb``. ``transposed`` holds where
-    ``loads_first`` does (one chunk, so one transposed product a step); ``ahead`` (>= 1)
-    is taken as given.
+    ``loads_first`` holds; elsewhere they depend on ``bb``. ``transposed`` holds where the
+    weights are resident (held transposed); ``ahead`` (>= 1) is taken as given.
     """
     if ahead < 1:
         raise ValueError(f"ahead must be at least 1 (steps); got {ahead}")
@@ -159,7 +159,7 @@ def plan(kind: str, num_dirs: int, batch: int, hidden: int, num_cores: int,
     kc = min(kc, hidden)
     while hidden % kc:
         kc //= 2
-    transposed = transposed and loads_first and kc == hidden
+    transposed = transposed and resident
     return Plan(bh, bb, kc, padded, warps, resident, scatter, loads_first, transposed, ahead)
 
 
@@ -308,15 +308,12 @@ def _forward_kernel(span_ref, len_ref, xp_ref, w_ref, bhn_ref, hin_ref, cin_ref,
             return _load(hbuf_ref.at[t, d, rb, _rows(k, kc)], interpret)
 
         def chunk(k, acc, h_k):
-            return acc + _dot(h_k, weight(k, 0), dtype, precision)
+            return acc + _dot(h_k, weight(k, 0), dtype, precision, plan_.transposed)
 
-        if plan_.transposed:  # one chunk (plan)
-            rec = _products([(load(0), weight(0, 0))], dtype, precision, True)
-        else:
-            rec = _accumulate(H // kc, load, chunk,
-                              jnp.zeros((plan_.bb, 4 * bh), jnp.float32), plan_.resident,
-                              plan_.loads_first)
-        rec = jnp.split(rec, 4, axis=1)[:G]  # G x (bb, bh)
+        shape = (4 * bh, plan_.bb) if plan_.transposed else (plan_.bb, 4 * bh)
+        rec = _accumulate(H // kc, load, chunk, jnp.zeros(shape, jnp.float32),
+                          plan_.resident, plan_.loads_first)
+        rec = jnp.split(rec.T if plan_.transposed else rec, 4, axis=1)[:G]  # G x (bb, bh)
         valid = (t < lengths)[:, None]  # (bb, 1)
         if kind == "lstm":
             i, f, o = (jax.nn.sigmoid(x[g] + rec[g]) for g in (0, 1, 3))
