@@ -68,13 +68,15 @@ DTYPES = {"fp32": None, "bf16": jnp.bfloat16, "fp16": jnp.float16}
 # persistent.plan's choices turned off, as where the sizes rule them out (no weights on
 # chip: no scattering backward pass either)
 FALLBACK = {"resident": False, "scatter": False}
-# variants of the kernel that kernel_resources.py compiles; the last three are the plan's
+# variants of the kernel that kernel_resources.py compiles; from the fourth on, the plan's
 # choices not yet timed on a GPU (off by default)
 TUNING = {"default": {}, "h in chunks of 64 rows": {"loads_first": False},
           "weights streamed (FALLBACK)": FALLBACK,
           "transposed matmuls (wgmma)": {"transposed": True},
           "inputs 2 steps ahead": {"ahead": 2},
-          "transposed, 2 ahead": {"transposed": True, "ahead": 2}}
+          "transposed, 2 ahead": {"transposed": True, "ahead": 2},
+          "h exchanged in half precision": {"half_exchange": True},
+          "all three": {"transposed": True, "ahead": 2, "half_exchange": True}}
 LAYERS = {"lstm": (recurrent.init_lstm, recurrent.lstm),
           "gru": (recurrent.init_gru, recurrent.gru)}
 

@@ -5,8 +5,9 @@
 #
 #   bash benchmarks/gpu_session.sh variants     # about 4 min
 #       the whole forward and backward step of the plan's untimed choices (Plan.transposed,
-#       Plan.ahead) against the default, at the goal sizes (bench_step.py), then the kernel
-#       with them checked against the XLA path on the GPU (bench_gpu.py, no speed rows)
+#       Plan.ahead, Plan.half_exchange) against the default, at the goal sizes
+#       (bench_step.py), then the kernel with all three checked against the XLA path on
+#       the GPU (bench_gpu.py, no speed rows)
 #   bash benchmarks/gpu_session.sh speed [PLAN] # about 6 min
 #       the rows against torch cuDNN (fp32, fp16), flax and the XLA path, with plan
 #       keywords PLAN (e.g. transposed=True,ahead=2: the fastest of the first stage), first
@@ -29,10 +30,13 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv 
 
 case "$stage" in
 variants)
-    # bench_step.VARIANTS 4-8: the default, transposed, 2 and 3 steps ahead, both
+    # bench_step.VARIANTS 4-10: the default, transposed, 2 and 3 steps ahead, transposed
+    # and 2 ahead, h exchanged in half precision (bf16 only), all three
     python benchmarks/bench_step.py --whole --with-backward --sizes 0,1,2 \
-        --variants 4,5,6,7,8 --repeats 10 --budget 170 --out "$out/gpu_step_variants.md" "$@"
-    python benchmarks/bench_gpu.py --rows "" --checks 1 --plan transposed=True,ahead=2 \
+        --variants 4,5,6,7,8,9,10 --repeats 10 --budget 220 \
+        --out "$out/gpu_step_variants.md" "$@"
+    python benchmarks/bench_gpu.py --rows "" --checks 1 \
+        --plan transposed=True,ahead=2,half_exchange=True \
         --out "$out/gpu_checks_variants.md" "$@"
     ;;
 speed)

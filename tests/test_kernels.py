@@ -119,27 +119,35 @@ def test_a_timed_out_barrier_makes_the_results_nan(monkeypatch):
     assert np.isnan(h_n).all() and np.isnan(y[valid]).all()
 
 
-@pytest.mark.parametrize("dtype, transposed", [
-    (jnp.bfloat16, False), (jnp.float16, False), (jnp.bfloat16, True)])
-def test_kernel_half_precision_matmuls(dtype, transposed, monkeypatch):
-    """Half-precision operands, float32 accumulation: values and gradients."""
-    params, x, lengths, state = _case("gru", seed=1)
+@pytest.mark.parametrize("dtype, overrides, hidden", [
+    (jnp.bfloat16, {}, H), (jnp.float16, {}, H), (jnp.bfloat16, {"transposed": True}, H),
+    (jnp.bfloat16, {"half_exchange": True}, H),
+    (jnp.float16, {"half_exchange": True, "transposed": True, "ahead": 2}, 16)])
+def test_kernel_half_precision_matmuls(dtype, overrides, hidden, monkeypatch):
+    """Half-precision operands, float32 accumulation: values and gradients to 1e-2 of the
+    reference path. ``h`` exchanged in half precision (``Plan.half_exchange``) gives the
+    very numbers of ``h`` exchanged in float32: the matmul casts it to that dtype anyway."""
+    params, x, lengths, state = _case("gru", seed=1, hidden=hidden)
     plan = persistent.plan
-    monkeypatch.setattr(persistent, "plan", lambda *a, **k: plan(
-        *a, **k, transposed=transposed))
 
-    def run(impl, p, x, s):
+    def run(impl, p, x, s, **plan_options):
+        monkeypatch.setattr(persistent, "plan", lambda *a, **k: plan(*a, **k, **plan_options))
         return recurrent.gru(p, x, lengths, s, impl=impl, dtype=dtype)
 
     def loss(impl, p, x, s):
-        y, h_n = run(impl, p, x, s)
+        y, h_n = run(impl, p, x, s, **overrides)
         return jnp.sum(jnp.sin(y.astype(jnp.float32))) + jnp.sum(h_n.astype(jnp.float32))
 
-    got = run("pallas", params, x, state)
+    got = run("pallas", params, x, state, **overrides)
     assert got[0].dtype == dtype
     _close(got, run("reference", params, x, state), 1e-2)
     grad = jax.jit(jax.grad(loss, argnums=(1, 2, 3)), static_argnums=0)
     _close(grad("pallas", params, x, state), grad("reference", params, x, state), 1e-2)
+    if overrides.get("half_exchange"):
+        assert kernel_layer.configure("gru", "pallas", params[0], B, dtype).plan.half_exchange
+        others = {k: v for k, v in overrides.items() if k != "half_exchange"}
+        for a, b in zip(got, run("pallas", params, x, state, **others), strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("blocks, timeouts", [(1, 0), (2, 1), (3, 2)])
@@ -192,6 +200,9 @@ def test_plan_keeps_every_block_resident():
     assert not persistent.plan("lstm", 1, 256, 1024, 132, transposed=True).transposed
     with pytest.raises(ValueError, match="ahead must be at least 1"):
         persistent.plan("lstm", 1, 16, 512, 132, ahead=0)
+    # h exchanged in half precision only where the matmuls' operands are
+    assert persistent.plan("lstm", 1, 16, 512, 132, itemsize=2, half_exchange=True).half_exchange
+    assert not persistent.plan("lstm", 1, 16, 512, 132, half_exchange=True).half_exchange
 
 
 def test_impl_choice_and_errors():

@@ -32,6 +32,8 @@ hidden, ``G`` gates, gate-major columns as in torch):
 - ``hbuf (T+1, D, B, H)``: slot 0 is ``h_0``, slot ``t+1`` the state after step ``t``; rows
   past their length keep their state (the caller zeroes them in ``y``).
 - ``cbuf (T+1, D, B, H)``: the LSTM's cell state, likewise.
+- ``xbuf (2, D, B, H)`` (``Plan.half_exchange`` only): ``h`` in the matmuls' half
+  precision for the other blocks, slot ``t % 2`` holding the state before step ``t``.
 - ``acts (T, D, B, 4*H)``: the LSTM's ``i, f, g, o``; the GRU's ``r, z, n`` and the
   recurrent ``n`` pre-activation ``w_hn h + b_hn``.
 """
@@ -90,6 +92,12 @@ class Plan(NamedTuple):
     - ``ahead``: how many steps ahead the projected inputs (forward) and a block's own
       residuals (backward) are loaded; at 1 a step's loads are issued during the step
       before, which on an H200 left about 1 µs a step waiting on them.
+    - ``half_exchange`` (half-precision matmuls only): the forward kernel also writes each
+      step's ``h`` in the matmuls' dtype to a two-slot ring, ``xbuf``, and the blocks read
+      ``h`` from there: half the bytes from L2 a step. The numbers are the same, since the
+      matmul casts ``h`` to that dtype anyway; ``hbuf`` keeps float32 for the outputs and
+      the backward pass. Two slots suffice: a block writes slot ``t % 2`` at step ``t + 1``
+      only after the barrier that every block reaches once done reading it at step ``t``.
     """
 
     bh: int
@@ -102,6 +110,7 @@ class Plan(NamedTuple):
     loads_first: bool = False
     transposed: bool = False
     ahead: int = 1
+    half_exchange: bool = False
 
     def grid(self, num_dirs, hidden):
         return num_dirs, hidden // self.bh, self.batch // self.bb
@@ -116,7 +125,7 @@ def plan(kind: str, num_dirs: int, batch: int, hidden: int, num_cores: int,
          itemsize: int = 4, shared_bytes: int = SHARED_BYTES,
          warps: int | None = None, loads_first: bool = True,
          kc_first: int | None = None, transposed: bool = False,
-         ahead: int = 1) -> Plan | None:
+         ahead: int = 1, half_exchange: bool = False) -> Plan | None:
     """The tiling for these sizes, or ``None`` when the kernel does not fit them.
 
     The grid ``num_dirs * (hidden / bh) * (batch / bb)`` must not exceed ``num_cores`` (the
@@ -131,7 +140,9 @@ def plan(kind: str, num_dirs: int, batch: int, hidden: int, num_cores: int,
     at most 64 registers a thread.
     ``kc_first``: the rows of a matmul chunk (a power of two; ``None``: ``hidden``) where
     ``loads_first`` holds; elsewhere they depend on ``bb``. ``transposed`` holds where the
-    weights are resident (held transposed); ``ahead`` (>= 1) is taken as given.
+    weights are resident (held transposed); ``ahead`` (>= 1) is taken as given;
+    ``half_exchange`` holds where the matmuls' operands are half precision (``itemsize``
+    2).
     """
     if ahead < 1:
         raise ValueError(f"ahead must be at least 1 (steps); got {ahead}")
@@ -160,7 +171,8 @@ def plan(kind: str, num_dirs: int, batch: int, hidden: int, num_cores: int,
     while hidden % kc:
         kc //= 2
     transposed = transposed and resident
-    return Plan(bh, bb, kc, padded, warps, resident, scatter, loads_first, transposed, ahead)
+    return Plan(bh, bb, kc, padded, warps, resident, scatter, loads_first, transposed, ahead,
+                half_exchange and itemsize == 2)
 
 
 FLAGS = 32  # the first column of a barrier's arrivals in its row of the sync buffer
@@ -273,11 +285,15 @@ def _rows(k, kc):
     return pl.ds(k * kc if isinstance(k, int) else pl.multiple_of(k * kc, kc), kc)
 
 
-def _forward_kernel(span_ref, len_ref, xp_ref, w_ref, bhn_ref, hin_ref, cin_ref, sin_ref,
-                    *outs, kind, plan_, hidden, dtype, precision, interpret):
-    """``outs``: ``hbuf, cbuf, acts, sync``, or without ``acts`` when nothing records the
-    gates (inference); ``cbuf`` then gets only the last step's state."""
-    del hin_ref, cin_ref, sin_ref  # aliased to hbuf_ref, cbuf_ref, sync_ref
+def _forward_kernel(span_ref, len_ref, xp_ref, w_ref, bhn_ref, *refs, kind, plan_, hidden,
+                    dtype, precision, interpret):
+    """``refs``: the inputs aliased to outputs (``hbuf, cbuf, sync``, and ``xbuf`` with
+    ``Plan.half_exchange``), then the outputs ``hbuf, cbuf, acts, sync`` (``xbuf``), or
+    without ``acts`` when nothing records the gates (inference); ``cbuf`` then gets only
+    the last step's state."""
+    outs = refs[3 + plan_.half_exchange:]
+    if plan_.half_exchange:
+        *outs, xbuf_ref = outs
     hbuf_ref, cbuf_ref, *acts_ref, sync_ref = outs
     G, H, bh, kc = GATES[kind], hidden, plan_.bh, plan_.kc
     d, j = pl.program_id(0), pl.program_id(1)
@@ -305,6 +321,8 @@ def _forward_kernel(span_ref, len_ref, xp_ref, w_ref, bhn_ref, hin_ref, cin_ref,
 
         # h_{t-1} = hbuf[t, d] (B, H) was written by every block at the last step
         def load(k):  # (bb, kc)
+            if plan_.half_exchange:
+                return _load(xbuf_ref.at[t % 2, d, rb, _rows(k, kc)], interpret)
             return _load(hbuf_ref.at[t, d, rb, _rows(k, kc)], interpret)
 
         def chunk(k, acc, h_k):
@@ -331,6 +349,8 @@ def _forward_kernel(span_ref, len_ref, xp_ref, w_ref, bhn_ref, hin_ref, cin_ref,
             h_new = jnp.where(valid, (1 - z) * n + z * h_old, h_old)
             gates = (r, z, n, hn)
         hbuf_ref[t + 1, d, rb, units] = h_new
+        if plan_.half_exchange:
+            xbuf_ref[(t + 1) % 2, d, rb, units] = h_new.astype(xbuf_ref.dtype)
         for g, a in enumerate(gates if acts_ref else ()):
             acts_ref[0][t, d, rb, gate_cols(g)] = a
         # loaded before the barrier, to overlap with the wait (and with later steps)
@@ -496,6 +516,9 @@ def forward(kind, plan_, lengths, xp, w_t, b_hn, h0, c0, *, dtype, precision, in
     ``sync[:, 0]`` counts barriers that timed out (nonzero: the results are wrong). Without
     ``record`` (nothing to differentiate) ``acts`` is ``None`` and ``cbuf`` holds only the
     first and last states."""
+    if plan_.half_exchange and dtype is None:
+        raise ValueError("Plan.half_exchange exchanges h in the matmuls' half-precision "
+                         "dtype; got dtype=None (float32)")
     time, num_dirs, batch, _ = xp.shape
     hidden = h0.shape[-1]
     w_t = fuse(w_t, plan_.bh)
@@ -507,12 +530,17 @@ def forward(kind, plan_, lengths, xp, w_t, b_hn, h0, c0, *, dtype, precision, in
     outs = (f32(hbuf.shape, jnp.float32), f32(cbuf.shape, jnp.float32), *acts,
             f32(sync.shape, jnp.int32))
     last = len(outs) - 1  # sync
+    aliases, carried, exchange = {5: 0, 6: 1, 7: last}, (0, 1, last), ()
+    if plan_.half_exchange:  # slot 0: h_0, as the matmul casts it
+        exchange = (jnp.zeros((2, *h0.shape), dtype).at[0].set(h0.astype(dtype)),)
+        outs += (f32(exchange[0].shape, dtype),)
+        aliases, carried = {**aliases, 8: last + 1}, (*carried, last + 1)
     kernel = functools.partial(_forward_kernel, kind=kind, plan_=plan_, hidden=hidden,
                                dtype=dtype, precision=precision, interpret=interpret)
     hbuf, cbuf, *acts, sync = _launch(
-        kernel, plan_.grid(num_dirs, hidden), outs, {5: 0, 6: 1, 7: last}, plan_, interpret,
-        time, (0, 1, last), (2,) if record else (), False,
-        lengths, xp, w_t, b_hn, hbuf, cbuf, sync)
+        kernel, plan_.grid(num_dirs, hidden), outs, aliases, plan_, interpret,
+        time, carried, (2,) if record else (), False,
+        lengths, xp, w_t, b_hn, hbuf, cbuf, sync, *exchange)[:last + 1]
     return hbuf, cbuf, (acts or [None])[0], sync
 
 
