@@ -76,7 +76,8 @@ TUNING = {"default": {}, "h in chunks of 64 rows": {"loads_first": False},
           "inputs 2 steps ahead": {"ahead": 2},
           "transposed, 2 ahead": {"transposed": True, "ahead": 2},
           "h exchanged in half precision": {"half_exchange": True},
-          "all three": {"transposed": True, "ahead": 2, "half_exchange": True}}
+          "all three": {"transposed": True, "ahead": 2, "half_exchange": True},
+          "32 units a block, transposed": {"units": 32, "transposed": True}}
 LAYERS = {"lstm": (recurrent.init_lstm, recurrent.lstm),
           "gru": (recurrent.init_gru, recurrent.gru)}
 

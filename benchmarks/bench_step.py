@@ -115,6 +115,7 @@ VARIANTS = {
     "transposed, 2 ahead": ({"transposed": True, "ahead": 2}, WHOLE, WHOLE),
     "h exchanged in half precision": ({"half_exchange": True}, WHOLE, WHOLE),
     "all three": ({"transposed": True, "ahead": 2, "half_exchange": True}, WHOLE, WHOLE),
+    "32 units a block, transposed": ({"units": 32, "transposed": True}, WHOLE, WHOLE),
 }
 
 
@@ -170,6 +171,9 @@ def rows(sizes, variants, repeats, calls, budget, start, whole=False, with_backw
             if options and plan_ == default:  # e.g. half_exchange in float32
                 yield f"| {name} | {variant} | | | the default plan at this size | |"
                 continue
+            if default.resident and not plan_.resident:  # e.g. 32 units in float32
+                yield f"| {name} | {variant} | | | its weights no longer fit on chip | |"
+                continue
             cases = [(f"forward, {part}", _forward_fn, PARTS[part])
                      for part in (WHOLE if whole else forward)]
             cases += [(f"backward, {part}", _backward_fn, PARTS[part])
@@ -191,7 +195,7 @@ def rows(sizes, variants, repeats, calls, budget, start, whole=False, with_backw
 def _tiling(plan_):
     return (f"bh={plan_.bh} bb={plan_.bb} kc={plan_.kc} resident={plan_.resident} "
             f"loads_first={plan_.loads_first} transposed={plan_.transposed} "
-            f"ahead={plan_.ahead} half_exchange={plan_.half_exchange}")
+            f"ahead={plan_.ahead} half_exchange={plan_.half_exchange} warps={plan_.warps}")
 
 
 def main(argv=None):

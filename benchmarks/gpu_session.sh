@@ -8,17 +8,20 @@
 #       Plan.ahead, Plan.half_exchange) against the default, at the goal sizes
 #       (bench_step.py), then the kernel with all three checked against the XLA path on
 #       the GPU (bench_gpu.py, no speed rows)
-#   bash benchmarks/gpu_session.sh speed [PLAN] # about 6 min
-#       the rows against torch cuDNN (fp32, fp16), flax and the XLA path, with plan
-#       keywords PLAN (e.g. transposed=True,ahead=2: the fastest of the first stage), first
-#       the goal rows, then the rows no run has timed yet
+#   bash benchmarks/gpu_session.sh speed [PLAN] # about 5 min
+#       the goal rows (LSTM and GRU at B16 and B64 H512, the LSTM at B256 H1024)
+#       against torch cuDNN (fp32, fp16), flax and the XLA path, with plan keywords PLAN
+#       (e.g. transposed=True,ahead=2: the fastest of the first stage)
+#   bash benchmarks/gpu_session.sh rows [PLAN]  # about 6 min
+#       likewise, the rows no run has timed yet: B16 H1024, B32 T1024 H256, the 2 x 2
+#       stacks at H512 and the GRU at H1024
 #
 # Append --quick to either for a dry run on a CPU (tiny sizes, interpret mode).
 set -euo pipefail
-stage=${1:?usage: gpu_session.sh variants|speed [PLAN] [--quick]}
+stage=${1:?usage: gpu_session.sh variants|speed|rows [PLAN] [--quick]}
 shift
 plan=""
-if [[ "$stage" == speed && $# -gt 0 && "$1" != --* ]]; then
+if [[ "$stage" != variants && $# -gt 0 && "$1" != --* ]]; then
     plan=$1
     shift
 fi
@@ -30,24 +33,26 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv 
 
 case "$stage" in
 variants)
-    # bench_step.VARIANTS 4-10: the default, transposed, 2 and 3 steps ahead, transposed
-    # and 2 ahead, h exchanged in half precision (bf16 only), all three
+    # bench_step.VARIANTS 4-11: the default, transposed, 2 and 3 steps ahead, transposed
+    # and 2 ahead, h exchanged in half precision (bf16 only), all three, 32 units a block
+    # transposed (bf16 only: in fp32 its weights do not fit on chip)
     python benchmarks/bench_step.py --whole --with-backward --sizes 0,1,2 \
-        --variants 4,5,6,7,8,9,10 --repeats 10 --budget 220 \
+        --variants 4,5,6,7,8,9,10,11 --repeats 10 --budget 240 \
         --out "$out/gpu_step_variants.md" "$@"
     python benchmarks/bench_gpu.py --rows "" --checks 1 \
         --plan transposed=True,ahead=2,half_exchange=True \
         --out "$out/gpu_checks_variants.md" "$@"
     ;;
-speed)
-    # ROWS 0-3: the goal rows; 5-11: never timed (B16 H1024, B32 T1024, the 2 x 2 stacks,
-    # the GRU at H1024); 4 (B256 H1024) runs the XLA path, timed in run 5
+speed)  # bench_gpu.ROWS 0-4
     python benchmarks/bench_gpu.py --plan "$plan" --checks 1 --check-cases 2 \
-        --rows 0,1,2,3,5,6,7,8,9,10,11 --repeats 7 --budget 300 \
-        --out "$out/gpu_speed.md" "$@"
+        --rows 0,1,2,3,4 --repeats 7 --budget 270 --out "$out/gpu_speed.md" "$@"
+    ;;
+rows)  # bench_gpu.ROWS 5-11
+    python benchmarks/bench_gpu.py --plan "$plan" --checks 0 \
+        --rows 5,6,7,8,9,10,11 --repeats 7 --budget 300 --out "$out/gpu_rows.md" "$@"
     ;;
 *)
-    echo "unknown stage '$stage': variants or speed" >&2
+    echo "unknown stage '$stage': variants, speed or rows" >&2
     exit 2
     ;;
 esac

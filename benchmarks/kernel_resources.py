@@ -44,7 +44,8 @@ from common import RESULTS
 # (cell, batch, hidden, directions, matmul dtype): bench_gpu.CONFIGS' layers
 CONFIGS = [("lstm", 16, 512, 1, None), ("lstm", 16, 512, 1, jnp.bfloat16),
            ("lstm", 64, 512, 1, None), ("gru", 64, 512, 1, None), ("lstm", 32, 256, 1, None),
-           ("lstm", 64, 512, 2, None), ("lstm", 256, 1024, 1, None)]
+           ("lstm", 64, 512, 2, None), ("lstm", 256, 1024, 1, None),
+           ("lstm", 256, 1024, 1, jnp.bfloat16)]
 CORES = 132  # an H100 SXM's multiprocessors
 TIME = 8  # steps: the loop's body does not depend on it
 

@@ -203,6 +203,10 @@ def test_plan_keeps_every_block_resident():
     # h exchanged in half precision only where the matmuls' operands are
     assert persistent.plan("lstm", 1, 16, 512, 132, itemsize=2, half_exchange=True).half_exchange
     assert not persistent.plan("lstm", 1, 16, 512, 132, half_exchange=True).half_exchange
+    # fewer, larger blocks where asked for
+    assert persistent.plan("lstm", 1, 16, 512, 132, units=32).grid(1, 512) == (1, 16, 1)
+    with pytest.raises(ValueError, match="units must be a power of two"):
+        persistent.plan("lstm", 1, 16, 512, 132, units=24)
 
 
 def test_impl_choice_and_errors():
@@ -247,6 +251,7 @@ def test_auto_picks_the_kernel_where_its_weights_stay_on_chip(monkeypatch):
     monkeypatch.setattr(persistent, "plan", lambda *a, **k: plan(*a, **k, transposed=True))
     assert auto("gru", 512, dirs=2).plan.transposed  # bb = 32: chunks of h, transposed
     assert auto("lstm", 1024, batch=256) is None  # weights streamed: never transposed
+    assert auto("lstm", 1024, batch=256, dtype=jnp.bfloat16) is None  # 128 rows: spills
     monkeypatch.setattr(persistent, "plan", plan)
     assert auto("lstm", 48, proj_size=16) is None  # cell options: no kernel, no error
     assert kernel_layer.configure(None, "auto", None, 64, None) is None  # no kernel (RNN)
@@ -281,7 +286,8 @@ def test_kernel_fallbacks_equal_reference(kind, overrides, monkeypatch):
     ("lstm", {}, 16, None), ("gru", {}, 16, None), ("lstm", {"transposed": True}, H, None),
     ("gru", {"transposed": True}, 16, None), ("lstm", {"ahead": 2}, 16, None),
     ("gru", {"ahead": 3, "transposed": True}, 16, None),
-    ("lstm", {"transposed": True, "loads_first": False, "scatter": False}, H, 8)])
+    ("lstm", {"transposed": True, "loads_first": False, "scatter": False}, H, 8),
+    ("gru", {"transposed": True, "units": 32}, H, None)])
 def test_kernel_variants_equal_reference(kind, overrides, hidden, kc, monkeypatch):
     """The plan's untimed choices (``Plan.transposed``, ``Plan.ahead``): the same numbers,
     also with ``h`` multiplied in chunks of ``kc`` rows (transposed products accumulated)
@@ -297,7 +303,7 @@ def test_kernel_variants_equal_reference(kind, overrides, hidden, kc, monkeypatc
 
     monkeypatch.setattr(persistent, "plan", lambda *a, **k: chunked(plan(*a, **k, **overrides)))
     tiling = kernel_layer.configure(kind, "pallas", params[0], B, None).plan
-    assert tiling.grid(2, hidden) == (2, hidden // 16, 2)
+    assert tiling.grid(2, hidden) == (2, hidden // overrides.get("units", 16), 2)
     others = {k: v for k, v in overrides.items() if k not in ("transposed", "ahead")}
     assert tiling._replace(transposed=False, ahead=1) == chunked(plan(
         kind, 2, B, hidden, 1 << 30, **others))  # nothing else changed

@@ -69,8 +69,10 @@ def configure(kind: str | None, impl: str, layer, batch: int, dtype,
     weights in shared memory and its ``h`` in registers (``Plan.loads_first``; where it
     does not, as at B256 H1024 in bfloat16, the kernel took 1.6 times the XLA path's time
     to train on an H200), or where the plan computes its matmuls transposed
-    (``Plan.transposed``, untimed and off by default, so that a benchmark that turns it on
-    times the kernel wherever it applies). Any other ``impl``: ``None``.
+    (``Plan.transposed``, untimed and off by default: a benchmark that turns it on times
+    the kernel there) on tiles of at most 32 rows (``h`` then multiplied in chunks, as in
+    the 2 x 2 stacks at H 512; at 128 rows, as at B256 H1024, the compiled kernel spills
+    hundreds of bytes a thread a step). Any other ``impl``: ``None``.
     """
     if impl == "pallas":
         if kind is None:
@@ -99,8 +101,10 @@ def configure(kind: str | None, impl: str, layer, batch: int, dtype,
             or not _plain(kind, layer[0])):
         return None
     config = _config(kind, layer, batch, dtype)
-    chosen = config is not None and (config.plan.loads_first or config.plan.transposed)
-    return config if chosen else None
+    if config is None:
+        return None
+    tiling = config.plan
+    return config if tiling.loads_first or (tiling.transposed and tiling.bb <= 32) else None
 
 
 def _plain(kind, p) -> bool:
