@@ -289,12 +289,12 @@ def test_kernel_fallbacks_equal_reference(kind, overrides, monkeypatch):
     ("lstm", {"transposed": True, "loads_first": False, "scatter": False}, H, 8),
     ("gru", {"transposed": True, "units": 32}, H, None)])
 def test_kernel_variants_equal_reference(kind, overrides, hidden, kc, monkeypatch):
-    """The plan's untimed choices (``Plan.transposed``, ``Plan.ahead``): the same numbers,
-    also with ``h`` multiplied in chunks of ``kc`` rows (transposed products accumulated)
-    and the gathering backward pass. At ``hidden=16`` a direction is one block of units,
-    and interpret mode runs every step in one call, as the GPU does: the barrier, the
-    loads ``ahead`` and the backward pass' two slots of products then work across steps
-    within the kernel."""
+    """The plan's untimed choices (``Plan.transposed``, ``Plan.ahead``, ``units``): the same
+    numbers, also with ``h`` multiplied in chunks of ``kc`` rows (transposed products
+    accumulated) and the gathering backward pass. Where a direction is one block of units
+    (``hidden=16``, or 32 units at ``hidden=32``), interpret mode runs every step in one
+    call, as the GPU does: the barrier, the loads ``ahead`` and the backward pass' two
+    slots of products then work across steps within the kernel."""
     params, x, lengths, state = _case(kind, seed=4, hidden=hidden)
     plan = persistent.plan
 
