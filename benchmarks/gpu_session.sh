@@ -5,9 +5,9 @@
 #
 #   bash benchmarks/gpu_session.sh variants     # about 4 min
 #       the whole forward and backward step of the plan's untimed choices (Plan.transposed,
-#       Plan.ahead, Plan.half_exchange) against the default, at the goal sizes
-#       (bench_step.py), then the kernel with all three checked against the XLA path on
-#       the GPU (bench_gpu.py, no speed rows)
+#       Plan.ahead, Plan.half_exchange, plan(units=32)) against the default, at the goal
+#       sizes (bench_step.py), then the kernel with the first three checked against the
+#       XLA path on the GPU (bench_gpu.py, no speed rows)
 #   bash benchmarks/gpu_session.sh speed [PLAN] # about 5 min
 #       the goal rows (LSTM and GRU at B16 and B64 H512, the LSTM at B256 H1024)
 #       against torch cuDNN (fp32, fp16), flax and the XLA path, with plan keywords PLAN
@@ -16,7 +16,7 @@
 #       likewise, the rows no run has timed yet: B16 H1024, B32 T1024 H256, the 2 x 2
 #       stacks at H512 and the GRU at H1024
 #
-# Append --quick to either for a dry run on a CPU (tiny sizes, interpret mode).
+# Append --quick to any stage for a dry run on a CPU (tiny sizes, interpret mode).
 set -euo pipefail
 stage=${1:?usage: gpu_session.sh variants|speed|rows [PLAN] [--quick]}
 shift

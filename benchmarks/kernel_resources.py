@@ -41,7 +41,7 @@ from recurrent.kernels import persistent
 from bench_gpu import TUNING
 from common import RESULTS
 
-# (cell, batch, hidden, directions, matmul dtype): bench_gpu.CONFIGS' layers
+# (cell, batch, hidden, directions, matmul dtype): layers of bench_gpu.ROWS
 CONFIGS = [("lstm", 16, 512, 1, None), ("lstm", 16, 512, 1, jnp.bfloat16),
            ("lstm", 64, 512, 1, None), ("gru", 64, 512, 1, None), ("lstm", 32, 256, 1, None),
            ("lstm", 64, 512, 2, None), ("lstm", 256, 1024, 1, None),
