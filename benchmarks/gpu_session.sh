@@ -3,7 +3,7 @@
 # device tool, from the repository root, writing its tables under $OUT (default
 # benchmarks/results). Each fits one call's 10 minutes with room to spare:
 #
-#   bash benchmarks/gpu_session.sh variants     # about 4 min
+#   bash benchmarks/gpu_session.sh variants     # about 5 min
 #       the whole forward and backward step of the plan's untimed choices (Plan.transposed,
 #       Plan.ahead, Plan.half_exchange, plan(units=32)) against the default, at the goal
 #       sizes (bench_step.py), then the kernel with the first three checked against the
